@@ -1,0 +1,60 @@
+import { z } from 'zod';
+
+/**
+ * The only place in the code base that reads `process.env`. Everything else receives
+ * a typed, validated {@link Env} through the config module, so a bad value stops the
+ * process at boot with a message that names the variable instead of failing later.
+ */
+const int = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+
+export const envSchema = z.object({
+  PORT: int(8000, 0).refine((p) => p <= 65535, 'must be a TCP port (0-65535)'),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  REDIS_URL: z
+    .string()
+    .default('redis://127.0.0.1:6379')
+    .refine((u) => /^rediss?:\/\//.test(u), 'must be a redis:// or rediss:// URL'),
+  AQUEDUCT_REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+$/, 'may contain only letters, digits, "_", "." and "-"')
+    .default('aqueduct'),
+  AQUEDUCT_CONFIG: z.string().min(1).optional(),
+  AQUEDUCT_ADMIN_KEY: z
+    .string()
+    .min(16, 'must be at least 16 characters long')
+    .optional()
+    .or(z.literal('').transform(() => undefined)),
+  AQUEDUCT_REQUEST_TIMEOUT_MS: int(60_000, 1),
+  /** Largest accepted request body; larger bodies get 413. */
+  AQUEDUCT_MAX_BODY_BYTES: int(4 * 1024 * 1024, 1024),
+  /** A request whose relay is silent this long is failed (worker death, stalled upstream). */
+  AQUEDUCT_IDLE_TIMEOUT_MS: int(15_000, 100),
+  /** How long a stream may hold its HTTP status while waiting for its first token. */
+  AQUEDUCT_COMMIT_TIMEOUT_MS: int(8_000, 0),
+  /** How often workers announce themselves; they count as dead after three missed beats. */
+  AQUEDUCT_HEARTBEAT_MS: int(2_000, 50),
+  WORKER_CONCURRENCY: int(64, 1),
+  /** How long a SIGTERM'd worker (or gateway) lets in-flight streams finish. */
+  AQUEDUCT_SHUTDOWN_GRACE_MS: int(25_000, 0),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type Env = z.infer<typeof envSchema>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Parses and validates the environment; throws a {@link ConfigError} naming every bad variable. */
+export function parseEnv(source: Record<string, string | undefined>): Env {
+  const result = envSchema.safeParse(source);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`Invalid environment:\n${lines.join('\n')}`);
+  }
+  return result.data;
+}
+
+export function loadEnv(): Env {
+  return parseEnv(process.env);
+}

@@ -1,0 +1,200 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from './env';
+
+/**
+ * The router config uses the LiteLLM / Aqueduct `model_list` format so that existing
+ * configs carry over. It is validated once at boot; every message names the entry.
+ */
+const secret = z.string().min(1);
+const litellmParamsSchema = z
+  .object({
+    model: z
+      .string()
+      .regex(/^(openai|simulator)\/.+$/, 'must be "openai/<upstream model>" or "simulator/<name>"'),
+    api_base: z.url({ protocol: /^https?$/ }).optional(),
+    api_key: secret.optional(),
+    timeout: z.number().positive().optional(),
+    max_parallel_requests: z.number().int().positive().optional(),
+    ttft_ms: z.number().min(0).optional(),
+    itl_ms: z.number().min(0).optional(),
+  })
+  .loose();
+
+const modelInfoSchema = z
+  .object({
+    aliases: z.array(z.string().min(1)).optional(),
+    request_limit_multiplier: z.number().positive().optional(),
+  })
+  .loose();
+
+const entrySchema = z.object({
+  model_name: z.string().min(1).regex(/^\S+$/, 'must not contain whitespace'),
+  litellm_params: litellmParamsSchema,
+  model_info: modelInfoSchema.optional(),
+});
+
+const fileSchema = z.object({ model_list: z.array(z.unknown()).min(1, 'must list at least one model') }).loose();
+
+export type Provider = 'openai' | 'simulator';
+
+/** One upstream (or simulator) serving a model; a model has one or more. */
+export interface Deployment {
+  /** Stable id for logs and metrics: `<model_name>#<index among its deployments>`. */
+  readonly id: string;
+  readonly modelName: string;
+  readonly provider: Provider;
+  /** What the upstream is asked for (the part after the provider prefix). */
+  readonly upstreamModel: string;
+  readonly apiBase?: string;
+  readonly apiKey?: string;
+  readonly timeoutMs?: number;
+  readonly maxParallelRequests?: number;
+  readonly ttftMs: number;
+  readonly itlMs: number;
+}
+
+export interface ModelEntry {
+  readonly name: string;
+  readonly aliases: readonly string[];
+  readonly requestLimitMultiplier: number;
+  readonly deployments: readonly Deployment[];
+}
+
+export class RouterConfig {
+  /** Stable `created` for the models API: config load time is not stable across restarts. */
+  static readonly CREATED = 1_735_689_600; // 2025-01-01T00:00:00Z
+
+  private readonly byName = new Map<string, ModelEntry>();
+
+  constructor(readonly models: readonly ModelEntry[]) {
+    for (const m of models) {
+      this.byName.set(m.name, m);
+      for (const a of m.aliases) {
+        this.byName.set(a, m);
+      }
+    }
+  }
+
+  /** Resolves a public model name or alias (exact, case-sensitive). */
+  resolve(nameOrAlias: string): ModelEntry | undefined {
+    return this.byName.get(nameOrAlias);
+  }
+
+  deployment(id: string): Deployment | undefined {
+    const [name] = id.split('#');
+    return this.byName.get(name ?? '')?.deployments.find((d) => d.id === id);
+  }
+}
+
+function describe(issues: z.core.$ZodIssue[]): string {
+  return issues
+    .map((i) => `${i.path.length > 0 ? i.path.join('.') : '(entry)'}: ${i.message}`)
+    .join('; ');
+}
+
+function resolveSecret(value: string | undefined, where: string, env: Record<string, string | undefined>) {
+  if (value === undefined || !value.startsWith('os.environ/')) {
+    return value;
+  }
+  const name = value.slice('os.environ/'.length);
+  const resolved = env[name];
+  if (resolved === undefined || resolved === '') {
+    throw new ConfigError(`${where}.litellm_params.api_key: environment variable ${name} is not set`);
+  }
+  return resolved;
+}
+
+/** Validates parsed YAML; `env` resolves `os.environ/NAME` references. */
+export function buildRouterConfig(raw: unknown, env: Record<string, string | undefined>, source = 'router config') {
+  const file = fileSchema.safeParse(raw);
+  if (!file.success) {
+    throw new ConfigError(`${source}: ${describe(file.error.issues)}`);
+  }
+  const grouped = new Map<string, { aliases: string[]; multiplier?: number; deployments: Deployment[] }>();
+  const aliasOwner = new Map<string, string>();
+
+  file.data.model_list.forEach((item, index) => {
+    const parsed = entrySchema.safeParse(item);
+    const label =
+      typeof item === 'object' && item !== null && typeof (item as { model_name?: unknown }).model_name === 'string'
+        ? `model_list[${index}] (${(item as { model_name: string }).model_name})`
+        : `model_list[${index}]`;
+    if (!parsed.success) {
+      throw new ConfigError(`${source}: ${label}: ${describe(parsed.error.issues)}`);
+    }
+    const e = parsed.data;
+    const [provider, ...rest] = e.litellm_params.model.split('/');
+    if (provider === 'openai' && e.litellm_params.api_base === undefined) {
+      throw new ConfigError(`${source}: ${label}.litellm_params.api_base: required for openai/ deployments`);
+    }
+    const group = grouped.get(e.model_name) ?? { aliases: [], deployments: [] };
+    grouped.set(e.model_name, group);
+
+    const multiplier = e.model_info?.request_limit_multiplier;
+    if (multiplier !== undefined) {
+      if (group.multiplier !== undefined && group.multiplier !== multiplier) {
+        throw new ConfigError(
+          `${source}: ${label}.model_info.request_limit_multiplier: conflicts with another deployment of ${e.model_name}`,
+        );
+      }
+      group.multiplier = multiplier;
+    }
+    for (const alias of e.model_info?.aliases ?? []) {
+      const owner = aliasOwner.get(alias);
+      if (owner !== undefined && owner !== e.model_name) {
+        throw new ConfigError(
+          `${source}: ${label}.model_info.aliases: duplicate alias '${alias}' is used by both '${owner}' and '${e.model_name}'`,
+        );
+      }
+      aliasOwner.set(alias, e.model_name);
+      if (!group.aliases.includes(alias)) {
+        group.aliases.push(alias);
+      }
+    }
+    const p = e.litellm_params;
+    group.deployments.push({
+      id: `${e.model_name}#${group.deployments.length}`,
+      modelName: e.model_name,
+      provider: provider as Provider,
+      upstreamModel: rest.join('/'),
+      apiBase: p.api_base?.replace(/\/+$/, ''),
+      apiKey: resolveSecret(p.api_key, label, env),
+      timeoutMs: p.timeout === undefined ? undefined : Math.round(p.timeout * 1000),
+      maxParallelRequests: p.max_parallel_requests,
+      ttftMs: p.ttft_ms ?? 0,
+      itlMs: p.itl_ms ?? 0,
+    });
+  });
+
+  for (const [alias, owner] of aliasOwner) {
+    if (grouped.has(alias)) {
+      throw new ConfigError(`${source}: alias '${alias}' of '${owner}' clashes with the model of the same name`);
+    }
+  }
+  return new RouterConfig(
+    [...grouped].map(([name, g]) => ({
+      name,
+      aliases: g.aliases,
+      requestLimitMultiplier: g.multiplier ?? 1,
+      deployments: g.deployments,
+    })),
+  );
+}
+
+export function loadRouterConfig(path: string, env: Record<string, string | undefined>): RouterConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`AQUEDUCT_CONFIG: cannot read ${path}: ${(err as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`${path}: invalid YAML: ${(err as Error).message}`);
+  }
+  return buildRouterConfig(raw, env, path);
+}

@@ -1,0 +1,37 @@
+import type { OpenAIErrorBody } from './openai';
+
+/**
+ * An error with the HTTP status and OpenAI error object the client must see. Thrown by
+ * the gateway's services and carried from workers to the gateway inside relay messages.
+ */
+export class ApiError extends Error {
+  override readonly name = 'ApiError';
+
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+    /** Milliseconds a client should wait before retrying (Retry-After). */
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
+
+  get body(): { error: OpenAIErrorBody } {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+
+  static fromBody(status: number, e: OpenAIErrorBody, retryAfterMs?: number): ApiError {
+    return new ApiError(status, e.message, e.type, e.param, e.code, retryAfterMs);
+  }
+
+  static invalid(message: string, param: string | null = null, code: string | null = null): ApiError {
+    return new ApiError(400, message, 'invalid_request_error', param, code);
+  }
+
+  static server(status: number, message: string, code: string | null = null, retryAfterMs?: number): ApiError {
+    return new ApiError(status, message, 'server_error', null, code, retryAfterMs);
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * The BullMQ job payload. Versioned so that gateways and workers can be deployed out of
+ * step: a worker refuses (with a clear error) a version it does not know.
+ */
+export const COMPLETION_JOB_VERSION = 1 as const;
+
+export interface CompletionJobData {
+  v: typeof COMPLETION_JOB_VERSION;
+  /** Request id; also the OpenAI response id (`cmpl-<rid>`). */
+  rid: string;
+  /** Attempt number; a pre-first-token re-enqueue increments it, stale attempts are dropped. */
+  att: number;
+  /** Pub/sub channel of the gateway instance that holds the client connection. */
+  replyTo: string;
+  /** Canonical model name (aliases already resolved by the gateway). */
+  model: string;
+  stream: boolean;
+  /**
+   * The client's parameters to forward, unknown ones included, minus the fields the
+   * gateway owns (`model`, `stream`, `stream_options`, `user_id`).
+   */
+  params: Record<string, unknown>;
+  /** Epoch ms after which the result is useless: workers drop expired jobs at pickup. */
+  deadline: number;
+  tokenId: string;
+}
+
+/** What the processor returns; kept small because BullMQ stores it until removal. */
+export interface CompletionJobResult {
+  outcome: 'ok' | 'error' | 'cancelled' | 'expired';
+  deployment?: string;
+  status?: number;
+}
+
+/** BullMQ job ids may not contain ':' and must be unique per attempt. */
+export function completionJobId(rid: string, att: number): string {
+  return `${rid}.${att}`;
+}

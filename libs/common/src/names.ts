@@ -1,0 +1,32 @@
+/**
+ * Every Redis key, channel and queue name, defined once. All of them live under
+ * AQUEDUCT_REDIS_PREFIX so that deployments and test runs can share one Redis.
+ */
+export const COMPLETIONS_QUEUE = 'completions';
+
+export function redisNames(prefix: string) {
+  return {
+    prefix,
+    /** BullMQ's own key prefix; the queue is `<prefix>:bull:completions:*`. */
+    bullPrefix: `${prefix}:bull`,
+    /** HASH sha256(key) → token record JSON: auth is one HGET. */
+    tokensByHash: `${prefix}:tokens:by-hash`,
+    /** HASH token id → sha256(key), for listing and revocation by id. */
+    tokensById: `${prefix}:tokens:by-id`,
+    /** Pub/sub inbox of one gateway instance: every chunk for its requests arrives here. */
+    gatewayInbox: (gatewayId: string) => `${prefix}:relay:${gatewayId}`,
+    /** Flag that a request was cancelled; the fallback when the control message is lost. */
+    cancelFlag: (rid: string) => `${prefix}:cancel:${rid}`,
+    /** Key kept alive by each worker's heartbeat (PX = 3 beats). */
+    workerKey: (workerId: string) => `${prefix}:workers:${workerId}`,
+    workerKeyPattern: `${prefix}:workers:*`,
+    /** Control-plane patterns carried by the @nestjs/microservices Redis transport. */
+    control: {
+      cancel: `${prefix}:ctl:cancel`,
+      heartbeat: `${prefix}:ctl:heartbeat`,
+      drain: `${prefix}:ctl:drain`,
+    },
+  } as const;
+}
+
+export type RedisNames = ReturnType<typeof redisNames>;
