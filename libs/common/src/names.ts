@@ -17,9 +17,8 @@ export function redisNames(prefix: string) {
     gatewayInbox: (gatewayId: string) => `${prefix}:relay:${gatewayId}`,
     /** Flag that a request was cancelled; the fallback when the control message is lost. */
     cancelFlag: (rid: string) => `${prefix}:cancel:${rid}`,
-    /** Key kept alive by each worker's heartbeat (PX = 3 beats). */
-    workerKey: (workerId: string) => `${prefix}:workers:${workerId}`,
-    workerKeyPattern: `${prefix}:workers:*`,
+    /** ZSET worker id → epoch ms of its last heartbeat; lets a fresh gateway see live workers. */
+    workers: `${prefix}:workers`,
     /** Control-plane patterns carried by the @nestjs/microservices Redis transport. */
     control: {
       cancel: `${prefix}:ctl:cancel`,

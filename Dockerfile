@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+#
+# Aqueduct image: one image for both roles.
+#   gateway (default): docker run -p 8000:8000 -e REDIS_URL=redis://redis:6379 aqueduct
+#   worker:            docker run -e REDIS_URL=redis://redis:6379 aqueduct npm run start:worker
+# The start commands live in package.json (start:gateway / start:worker), so dist/ paths are not
+# repeated here.
+
+ARG NODE_IMAGE=node:20-bookworm-slim
+# Same npm major as the one that wrote package-lock.json (the base image ships npm 10).
+ARG NPM_VERSION=11.19.1
+
+# ---- build: full install, compile TypeScript to dist/ ----
+FROM ${NODE_IMAGE} AS build
+ARG NPM_VERSION
+ENV CI=true \
+    NPM_CONFIG_UPDATE_NOTIFIER=false \
+    NPM_CONFIG_FUND=false \
+    NPM_CONFIG_AUDIT=false
+RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci
+COPY . .
+RUN npm run build
+
+# ---- prod-deps: production dependencies only ----
+FROM ${NODE_IMAGE} AS prod-deps
+ARG NPM_VERSION
+ENV CI=true \
+    NPM_CONFIG_UPDATE_NOTIFIER=false \
+    NPM_CONFIG_FUND=false \
+    NPM_CONFIG_AUDIT=false
+RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev && npm cache clean --force
+
+# ---- runtime ----
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production \
+    NODE_OPTIONS=--enable-source-maps \
+    NPM_CONFIG_UPDATE_NOTIFIER=false \
+    NPM_CONFIG_FUND=false \
+    NPM_CONFIG_AUDIT=false \
+    PORT=8000 \
+    HOST=0.0.0.0
+WORKDIR /app
+# Files stay owned by root (read-only for the app); the process runs as the unprivileged "node" user.
+COPY package.json package-lock.json ./
+COPY --from=prod-deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY config ./config
+USER node
+EXPOSE 8000
+# npm forwards SIGTERM/SIGINT to the app; run with an init (docker run --init, compose `init: true`)
+# so that zombies are reaped.
+CMD ["npm", "run", "start:gateway"]

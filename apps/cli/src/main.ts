@@ -1,0 +1,44 @@
+import { closeRedis, ConfigError, createRedis, loadEnv, redisNames, TokenStore } from '@app/common';
+import { Command } from 'commander';
+import type Redis from 'ioredis';
+import { registerTokenCommands } from './token-commands';
+
+/** The operator CLI (`npx aqueduct …`): talks to the same Redis as the gateway. */
+async function main(argv: string[]): Promise<void> {
+  let redis: Redis | undefined;
+  const store = async (): Promise<TokenStore> => {
+    const env = loadEnv();
+    redis = createRedis(env.REDIS_URL, 'command', 'aqueduct-cli');
+    await waitReady(redis);
+    return new TokenStore(redis, redisNames(env.AQUEDUCT_REDIS_PREFIX));
+  };
+  const program = new Command('aqueduct').description('Aqueduct operator CLI').showHelpAfterError();
+  registerTokenCommands(program, store, (line) => process.stdout.write(`${line}\n`));
+  try {
+    await program.parseAsync(argv);
+  } finally {
+    if (redis !== undefined) {
+      await closeRedis(redis);
+    }
+  }
+}
+
+/** The command connection has no offline queue: wait for it (briefly) before the first command. */
+function waitReady(redis: Redis): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (redis.status === 'ready') {
+      resolve();
+      return;
+    }
+    const timer = setTimeout(() => reject(new Error('cannot connect to Redis (REDIS_URL) within 5 s')), 5_000);
+    redis.once('ready', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+main(process.argv).catch((err: unknown) => {
+  process.stderr.write(`error: ${err instanceof ConfigError || err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,81 @@
+import { AppConfig, Clock, closeRedis, COMPLETIONS_QUEUE, ConfigModule, createControlClient, createControlServer, createRedis, parseRedisUrl, TokenStore } from '@app/common';
+import { BullModule } from '@nestjs/bullmq';
+import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
+import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
+import { PassportModule } from '@nestjs/passport';
+import type Redis from 'ioredis';
+import { BearerAuthGuard } from './auth/bearer-auth.guard';
+import { BearerStrategy } from './auth/bearer.strategy';
+import { TokenAuthService } from './auth/token-auth.service';
+import { CompletionsController } from './completions/completions.controller';
+import { CompletionsService } from './completions/completions.service';
+import { ControlService } from './control/control.service';
+import { CONTROL_CLIENT, CONTROL_SERVER } from './control/control.tokens';
+import { HealthController } from './health/health.controller';
+import { OpenAIExceptionFilter } from './http/openai-exception.filter';
+import { RouteTable } from './http/route-table';
+import { ModelCatalog } from './models/model-catalog.service';
+import { ModelsController } from './models/models.controller';
+import { CompletionQueue } from './queue/completion-queue.service';
+import { REDIS_COMMAND } from './redis/redis.tokens';
+import { RelayService } from './relay/relay.service';
+import { WorkerRegistry } from './workers/worker-registry.service';
+
+@Module({
+  imports: [
+    ConfigModule,
+    DiscoveryModule,
+    PassportModule,
+    BullModule.forRootAsync({
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => ({
+        prefix: config.names.bullPrefix,
+        // A producer must fail fast while Redis is down so requests get 503 at once.
+        connection: { ...parseRedisUrl(config.env.REDIS_URL), enableOfflineQueue: false, maxRetriesPerRequest: 1 },
+      }),
+    }),
+    BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
+  ],
+  controllers: [CompletionsController, ModelsController, HealthController],
+  providers: [
+    Clock,
+    {
+      provide: REDIS_COMMAND,
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => createRedis(config.env.REDIS_URL, 'command', 'gateway'),
+    },
+    {
+      provide: TokenStore,
+      inject: [REDIS_COMMAND, AppConfig],
+      useFactory: (redis: Redis, config: AppConfig) => new TokenStore(redis, config.names),
+    },
+    {
+      provide: CONTROL_SERVER,
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => createControlServer(config.env.REDIS_URL),
+    },
+    {
+      provide: CONTROL_CLIENT,
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => createControlClient(config.env.REDIS_URL),
+    },
+    TokenAuthService,
+    BearerStrategy,
+    { provide: APP_GUARD, useClass: BearerAuthGuard },
+    { provide: APP_FILTER, useClass: OpenAIExceptionFilter },
+    RouteTable,
+    ModelCatalog,
+    RelayService,
+    CompletionQueue,
+    ControlService,
+    WorkerRegistry,
+    CompletionsService,
+  ],
+})
+export class GatewayModule implements OnApplicationShutdown {
+  constructor(@Inject(REDIS_COMMAND) private readonly redis: Redis) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    await closeRedis(this.redis);
+  }
+}

@@ -1,0 +1,68 @@
+import { ApiError } from '@app/common';
+import { type ArgumentsHost, Catch, type ExceptionFilter, HttpException, Logger } from '@nestjs/common';
+import type { Request, Response } from 'express';
+import { errorTypeForStatus, sendApiError } from './error-response';
+import { RouteTable } from './route-table';
+
+/**
+ * Every error leaves as an OpenAI error object: ours (ApiError), Nest's (guards,
+ * unknown routes) and unexpected ones, which become a 500 that reveals nothing.
+ */
+@Catch()
+export class OpenAIExceptionFilter implements ExceptionFilter {
+  private readonly logger = new Logger('Errors');
+
+  constructor(private readonly routes: RouteTable) {}
+
+  catch(exception: unknown, host: ArgumentsHost): void {
+    const res = host.switchToHttp().getResponse<Response>();
+    const req = host.switchToHttp().getRequest<Request>();
+    if (res.headersSent) {
+      // A stream already committed its status; the stream writer reports in-band.
+      res.end();
+      return;
+    }
+    sendApiError(res, this.toApiError(exception, req, res));
+  }
+
+  private toApiError(exception: unknown, req: Request, res: Response): ApiError {
+    if (exception instanceof ApiError) {
+      return exception;
+    }
+    if (exception instanceof HttpException) {
+      const status = exception.getStatus();
+      if (status === 404 && this.isRouteNotFound(exception)) {
+        const allowed = this.routes.allowedMethods(req.path);
+        if (allowed.length > 0) {
+          res.setHeader('allow', allowed.join(', '));
+          return new ApiError(
+            405,
+            `Method ${req.method} is not allowed for ${req.path}. Allowed: ${allowed.join(', ')}.`,
+            'invalid_request_error',
+            null,
+            'method_not_allowed',
+          );
+        }
+        return new ApiError(404, `Invalid URL (${req.method} ${req.path})`, 'invalid_request_error', null, 'unknown_url');
+      }
+      return new ApiError(status, this.messageOf(exception), errorTypeForStatus(status));
+    }
+    this.logger.error({ rid: req.rid, err: exception instanceof Error ? exception.stack : String(exception) });
+    return ApiError.server(500, 'The server had an error while processing your request.');
+  }
+
+  private isRouteNotFound(e: HttpException): boolean {
+    const r = e.getResponse();
+    const message = typeof r === 'object' && r !== null ? (r as { message?: unknown }).message : r;
+    return typeof message === 'string' && message.startsWith('Cannot ');
+  }
+
+  private messageOf(e: HttpException): string {
+    const r = e.getResponse();
+    if (typeof r === 'string') {
+      return r;
+    }
+    const message = (r as { message?: unknown }).message;
+    return Array.isArray(message) ? message.join('; ') : typeof message === 'string' ? message : e.message;
+  }
+}

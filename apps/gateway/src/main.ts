@@ -1,0 +1,31 @@
+import 'reflect-metadata';
+import { AppConfig, ConfigError } from '@app/common';
+import { Logger } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import type { NestExpressApplication } from '@nestjs/platform-express';
+import type { ServerRedis } from '@nestjs/microservices';
+import { CONTROL_SERVER } from './control/control.tokens';
+import { GatewayModule } from './gateway.module';
+import { jsonBody } from './http/json-body';
+import { requestId } from './http/request-id';
+
+async function bootstrap(): Promise<void> {
+  const app = await NestFactory.create<NestExpressApplication>(GatewayModule, { bodyParser: false });
+  const config = app.get(AppConfig);
+  app.disable('x-powered-by');
+  app.use(requestId);
+  app.use(...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
+  app.enableShutdownHooks();
+  // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.
+  app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) }, { inheritAppConfig: true });
+  await app.init();
+  await app.startAllMicroservices();
+  await app.listen(config.env.PORT, config.env.HOST);
+  new Logger('Gateway').log(`listening on http://${config.env.HOST}:${config.env.PORT}`);
+}
+
+bootstrap().catch((err: unknown) => {
+  // A bad configuration names the key; anything else is a boot failure with its stack.
+  console.error(err instanceof ConfigError ? err.message : err);
+  process.exit(1);
+});

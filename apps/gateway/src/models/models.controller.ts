@@ -1,0 +1,19 @@
+import type { TokenRecord } from '@app/common';
+import { Controller, Get, Param } from '@nestjs/common';
+import { CurrentToken } from '../auth/current-token.decorator';
+import { ModelCatalog, type ModelObject } from './model-catalog.service';
+
+@Controller()
+export class ModelsController {
+  constructor(private readonly catalog: ModelCatalog) {}
+
+  @Get(['models', 'v1/models'])
+  list(@CurrentToken() token: TokenRecord): { object: 'list'; data: ModelObject[] } {
+    return { object: 'list', data: this.catalog.list(token) };
+  }
+
+  @Get(['models/:id', 'v1/models/:id'])
+  retrieve(@Param('id') id: string, @CurrentToken() token: TokenRecord): ModelObject {
+    return this.catalog.retrieve(id, token);
+  }
+}

@@ -1,0 +1,74 @@
+import type { ErrorMessage, RelayMessage } from '@app/common';
+
+export type RelayListener = (msg: RelayMessage) => void;
+
+/**
+ * The gateway's end of one request's relay: drops stale attempts and duplicates, turns a
+ * gap in `seq` into an error (pub/sub lost a message, so the output would be silently
+ * wrong), and tracks activity for the idle timer.
+ */
+export class RelaySession {
+  private att = 0;
+  private nextSeq = 0;
+  private closed = false;
+  /** Epoch ms of the last message; -1 until a worker has started the job. */
+  lastActivity = -1;
+
+  constructor(
+    readonly rid: string,
+    private readonly listener: RelayListener,
+  ) {}
+
+  get attempt(): number {
+    return this.att;
+  }
+
+  get started(): boolean {
+    return this.lastActivity >= 0;
+  }
+
+  /** Listen for a new attempt; everything from earlier attempts is dropped from now on. */
+  nextAttempt(): number {
+    this.att += 1;
+    this.nextSeq = 0;
+    this.lastActivity = -1;
+    return this.att;
+  }
+
+  accept(msg: RelayMessage, now: number): void {
+    if (this.closed || msg.att !== this.att || msg.seq < this.nextSeq) {
+      return;
+    }
+    this.lastActivity = now;
+    if (msg.seq > this.nextSeq) {
+      this.fail(502, 'The response stream was interrupted (relay messages were lost). Please retry.');
+      return;
+    }
+    this.nextSeq += 1;
+    if (msg.t === 'done' || msg.t === 'error' || msg.t === 'result') {
+      this.closed = true;
+    }
+    this.listener(msg);
+  }
+
+  /** Ends the session with a synthetic error (timeouts, lost messages, shutdown). */
+  fail(status: number, message: string, code: string | null = null): void {
+    if (this.closed) {
+      return;
+    }
+    this.closed = true;
+    const msg: ErrorMessage = {
+      t: 'error',
+      rid: this.rid,
+      att: this.att,
+      seq: this.nextSeq,
+      status,
+      error: { message, type: 'server_error', param: null, code },
+    };
+    this.listener(msg);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}

@@ -1,0 +1,119 @@
+import type { ChoiceDelta, FinishReason, Logprobs, Usage } from '@app/common';
+import type { BackendError } from './backend-error';
+import type { CompletionResult, StreamEvent } from './llm-backend';
+import { fromErrorFrame, isRecord, upstreamGenerationFailed, upstreamInvalid } from './upstream-errors';
+
+/**
+ * Validates upstream completion objects and reduces them to exactly the OpenAI fields we
+ * relay. vLLM adds `stop_reason`, `token_ids`, `prompt_logprobs`…; those must not reach
+ * the client, and a wrong shape must fail here rather than deep inside the gateway.
+ */
+
+/** The failure to throw for a wrong shape; the stream and non-stream paths word it differently. */
+type ShapeError = (detail: string) => BackendError;
+
+/** A whole non-stream response body. */
+export function normaliseCompletion(body: unknown): CompletionResult {
+  if (!isRecord(body)) {
+    throw upstreamInvalid('the body is not a JSON object');
+  }
+  if (body.error !== undefined && body.error !== null) {
+    throw fromErrorFrame(body.error);
+  }
+  if (!Array.isArray(body.choices)) {
+    throw upstreamInvalid('no choices array');
+  }
+  const choices = body.choices.map((c: unknown) => normaliseChoice(c, upstreamInvalid));
+  const result: CompletionResult = { choices, usage: parseUsage(body.usage, upstreamInvalid) };
+  if (typeof body.system_fingerprint === 'string') {
+    result.system_fingerprint = body.system_fingerprint;
+  }
+  return result;
+}
+
+/**
+ * One parsed stream frame → the event to yield, or null for a frame with nothing to relay
+ * (e.g. `choices: []` without usage). Throws on an error frame or a wrong shape.
+ */
+export function normaliseChunk(frame: unknown, shapeError: ShapeError): StreamEvent | null {
+  if (!isRecord(frame)) {
+    throw shapeError('a frame is not a JSON object');
+  }
+  if (frame.error !== undefined && frame.error !== null) {
+    throw fromErrorFrame(frame.error);
+  }
+  if (!Array.isArray(frame.choices)) {
+    throw shapeError('a frame has no choices array');
+  }
+  if (frame.choices.length === 0) {
+    // The final usage chunk; with continuous usage (vLLM) only this one holds the request total.
+    const usage = parseUsage(frame.usage, shapeError);
+    return usage === null ? null : { type: 'usage', usage };
+  }
+  const choices = frame.choices.map((c: unknown) => normaliseChoice(c, shapeError));
+  return typeof frame.system_fingerprint === 'string'
+    ? { type: 'chunk', choices, system_fingerprint: frame.system_fingerprint }
+    : { type: 'chunk', choices };
+}
+
+function normaliseChoice(raw: unknown, shapeError: ShapeError): ChoiceDelta {
+  if (!isRecord(raw)) {
+    throw shapeError('a choice is not an object');
+  }
+  const { index, text } = raw;
+  if (typeof index !== 'number' || !Number.isInteger(index) || index < 0) {
+    throw shapeError('a choice has no valid index');
+  }
+  if (typeof text !== 'string') {
+    throw shapeError('a choice has no text');
+  }
+  return {
+    index,
+    text,
+    // Passed through as the upstream computed it; only its presence is checked.
+    logprobs: isRecord(raw.logprobs) ? (raw.logprobs as unknown as Logprobs) : null,
+    finish_reason: finishReason(raw.finish_reason, shapeError),
+  };
+}
+
+function finishReason(raw: unknown, shapeError: ShapeError): FinishReason | null {
+  switch (raw) {
+    case undefined:
+    case null:
+      return null;
+    case 'stop':
+    case 'length':
+    case 'content_filter':
+      return raw;
+    case 'error':
+    case 'abort':
+      // vLLM's engine failed or dropped the request: the text so far is not a real completion.
+      throw upstreamGenerationFailed(raw);
+    default:
+      // Chat-style reasons (`tool_calls`, `eos`…) from lax servers still mean a normal end.
+      if (typeof raw === 'string') {
+        return 'stop';
+      }
+      throw shapeError('a choice has an invalid finish_reason');
+  }
+}
+
+function parseUsage(raw: unknown, shapeError: ShapeError): Usage | null {
+  if (raw === undefined || raw === null) {
+    return null;
+  }
+  if (!isRecord(raw)) {
+    throw shapeError('usage is not an object');
+  }
+  const prompt = raw.prompt_tokens;
+  const completion = raw.completion_tokens ?? 0;
+  if (!isCount(prompt) || !isCount(completion)) {
+    throw shapeError('usage has invalid token counts');
+  }
+  const total = isCount(raw.total_tokens) ? raw.total_tokens : prompt + completion;
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total };
+}
+
+function isCount(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0;
+}

@@ -1,0 +1,184 @@
+import {
+  ApiError,
+  AppConfig,
+  Clock,
+  COMPLETION_JOB_VERSION,
+  type CompletionJobData,
+  type CompletionJobResult,
+  type Deployment,
+  type ModelEntry,
+} from '@app/common';
+import { Injectable, Logger } from '@nestjs/common';
+import type Redis from 'ioredis';
+import { BackendError } from '../backends/backend-error';
+import { BackendRegistry } from '../backends/backend-registry';
+import { CancellationRegistry, CancelledError } from '../control/cancellation.registry';
+import { InjectPublisher } from '../tokens';
+import { WorkerIdentity } from '../worker-identity';
+import { RelayPublisher } from './relay-publisher';
+
+class DeadlineError extends Error {}
+class RelayLostError extends Error {}
+
+/**
+ * Runs one completion job: picks deployments (round robin, failing over to the next
+ * one only while no token has been sent), drives the backend and publishes every chunk
+ * to the gateway that owns the request. Never throws: the outcome is the job result,
+ * and the client learns about failures through relay `error` messages.
+ */
+@Injectable()
+export class CompletionRunner {
+  private readonly logger = new Logger(CompletionRunner.name);
+  private readonly roundRobin = new Map<string, number>();
+
+  constructor(
+    private readonly config: AppConfig,
+    private readonly clock: Clock,
+    private readonly identity: WorkerIdentity,
+    private readonly cancellations: CancellationRegistry,
+    private readonly backends: BackendRegistry,
+    @InjectPublisher() private readonly redis: Redis,
+  ) {}
+
+  async run(data: CompletionJobData): Promise<CompletionJobResult> {
+    const abort = this.cancellations.register(data.rid);
+    if (abort === undefined) {
+      return { outcome: 'cancelled' };
+    }
+    const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
+      abort.abort(new RelayLostError(why)),
+    );
+    const stopTimers = this.startTimers(data, abort, out);
+    let deployment: string | undefined;
+    try {
+      const model = this.check(data);
+      out.send({ t: 'start', workerId: this.identity.id, deployment: model.deployments[0]?.id ?? '' });
+      deployment = await this.execute(data, model, abort.signal, out);
+      return { outcome: 'ok', deployment };
+    } catch (err) {
+      return this.report(err, abort.signal, out, deployment);
+    } finally {
+      stopTimers();
+      this.cancellations.release(data.rid);
+      await out.flush();
+    }
+  }
+
+  private check(data: CompletionJobData): ModelEntry {
+    if (data.v !== COMPLETION_JOB_VERSION) {
+      throw ApiError.server(500, `This worker cannot run job version ${String(data.v)}; upgrade the workers.`);
+    }
+    if (this.clock.now() >= data.deadline) {
+      throw new DeadlineError();
+    }
+    const model = this.config.router.resolve(data.model);
+    if (model === undefined) {
+      throw ApiError.server(500, `The worker has no deployment for model '${data.model}' (router configs differ).`);
+    }
+    return model;
+  }
+
+  /** Returns the id of the deployment that served the request. */
+  private async execute(
+    data: CompletionJobData,
+    model: ModelEntry,
+    signal: AbortSignal,
+    out: RelayPublisher,
+  ): Promise<string> {
+    let emitted = false;
+    let lastError: unknown;
+    for (const d of this.order(model)) {
+      const backend = this.backends.for(d.provider);
+      const req = { deployment: d, params: data.params, signal, deadline: this.deadlineFor(d, data) };
+      try {
+        if (data.stream) {
+          let usage = null;
+          for await (const ev of backend.stream(req)) {
+            if (ev.type === 'usage') {
+              usage = ev.usage;
+              continue;
+            }
+            emitted = true;
+            out.send({ t: 'chunk', choices: ev.choices, system_fingerprint: ev.system_fingerprint });
+          }
+          out.send({ t: 'done', usage });
+        } else {
+          const r = await backend.complete(req);
+          out.send({ t: 'result', choices: r.choices, usage: r.usage, system_fingerprint: r.system_fingerprint });
+        }
+        return d.id;
+      } catch (err) {
+        if (signal.aborted || !(err instanceof BackendError) || !err.failover || emitted) {
+          throw err;
+        }
+        this.logger.warn(`deployment ${d.id} failed before the first token (${err.status}); trying the next one`);
+        lastError = err;
+      }
+    }
+    throw lastError;
+  }
+
+  private report(
+    err: unknown,
+    signal: AbortSignal,
+    out: RelayPublisher,
+    deployment: string | undefined,
+  ): CompletionJobResult {
+    const reason: unknown = signal.aborted ? signal.reason : err;
+    if (reason instanceof CancelledError && reason.reason !== 'shutdown') {
+      return { outcome: 'cancelled', deployment }; // nobody is listening any more
+    }
+    if (reason instanceof RelayLostError) {
+      this.logger.warn(`job abandoned: ${reason.message}`);
+      return { outcome: 'cancelled', deployment };
+    }
+    let error: ApiError;
+    if (reason instanceof DeadlineError) {
+      error = ApiError.server(504, 'The completion did not finish within its timeout.', 'timeout');
+    } else if (reason instanceof CancelledError) {
+      error = ApiError.server(503, 'The worker is shutting down. Please retry.', 'worker_shutdown', 1_000);
+    } else if (reason instanceof ApiError) {
+      error = reason;
+    } else {
+      this.logger.error(`unexpected failure: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
+      error = ApiError.server(500, 'The worker failed while processing the request.');
+    }
+    out.send({ t: 'error', status: error.status, error: error.body.error, retryAfterMs: error.retryAfterMs });
+    return { outcome: error.status === 504 ? 'expired' : 'error', deployment, status: error.status };
+  }
+
+  /** Round robin over a model's deployments; the rest follow in order as failover targets. */
+  private order(model: ModelEntry): Deployment[] {
+    const n = model.deployments.length;
+    const start = (this.roundRobin.get(model.name) ?? 0) % n;
+    this.roundRobin.set(model.name, start + 1);
+    return [...model.deployments.slice(start), ...model.deployments.slice(0, start)];
+  }
+
+  private deadlineFor(d: Deployment, data: CompletionJobData): number {
+    return d.timeoutMs === undefined ? data.deadline : Math.min(data.deadline, this.clock.now() + d.timeoutMs);
+  }
+
+  /**
+   * The job's deadline, heartbeats while the backend is silent (so the gateway's idle
+   * timer trusts this worker through a long prefill), and the cancel-flag fallback for
+   * cancels whose control message was lost.
+   */
+  private startTimers(data: CompletionJobData, abort: AbortController, out: RelayPublisher): () => void {
+    const deadline = setTimeout(() => abort.abort(new DeadlineError()), Math.max(0, data.deadline - this.clock.now()));
+    const tickMs = Math.min(2_000, Math.floor(this.config.env.AQUEDUCT_IDLE_TIMEOUT_MS / 3));
+    const tick = setInterval(() => {
+      if (this.clock.now() - out.lastSentAt >= tickMs) {
+        out.send({ t: 'hb' });
+      }
+      this.redis
+        .exists(this.config.names.cancelFlag(data.rid))
+        .then((n) => n > 0 && abort.abort(new CancelledError('client_disconnected')))
+        .catch(() => undefined);
+    }, tickMs);
+    return () => {
+      clearTimeout(deadline);
+      clearInterval(tick);
+    };
+  }
+}

@@ -1,0 +1,163 @@
+import OpenAI, { AuthenticationError, NotFoundError } from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
+import { Stack, writeRouterConfig } from '../support/stack';
+
+/** The whole pipeline with real processes: gateway → BullMQ → worker → upstream → pub/sub → client. */
+describe('pipeline end to end', () => {
+  let upstream: FakeUpstream;
+  let stack: Stack;
+  let key: string;
+  let client: OpenAI;
+
+  beforeAll(async () => {
+    upstream = await startFakeUpstream();
+    const config = writeRouterConfig(`
+model_list:
+  - model_name: up
+    litellm_params:
+      model: openai/fake-model
+      api_base: ${upstream.url}
+      api_key: os.environ/TEST_UPSTREAM_KEY
+  - model_name: sim
+    litellm_params:
+      model: simulator/lorem
+      itl_ms: 1
+    model_info:
+      aliases: [sim-alias]
+  - model_name: echo
+    litellm_params:
+      model: simulator/echo
+`);
+    stack = await Stack.start('pipeline', {
+      routerConfig: config,
+      env: { TEST_UPSTREAM_KEY: 'upstream-secret-key-123' },
+      workerEnv: { TEST_UPSTREAM_KEY: 'upstream-secret-key-123' },
+    });
+    key = await stack.createKey();
+    client = new OpenAI({ apiKey: key, baseURL: `${stack.baseUrl}/v1`, maxRetries: 0 });
+  });
+
+  afterAll(async () => {
+    await stack?.stop();
+    await upstream?.close();
+  });
+
+  it('serves a non-stream completion from an OpenAI-compatible upstream', async () => {
+    const res = await client.completions.create({ model: 'up', prompt: 'hello there world', max_tokens: 10 });
+    expect(res.object).toBe('text_completion');
+    expect(res.model).toBe('up');
+    expect(res.id).toMatch(/^cmpl-/);
+    expect(res.choices).toHaveLength(1);
+    expect(res.choices[0]?.text).toBe(' echo: hello there world');
+    expect(res.usage?.completion_tokens).toBeGreaterThan(0);
+    const forwarded = upstream.requests.at(-1);
+    expect(forwarded?.headers.authorization).toBe('Bearer upstream-secret-key-123');
+    expect(forwarded?.body.model).toBe('fake-model');
+  });
+
+  it('streams from the upstream, ending with [DONE], with usage only when asked', async () => {
+    const stream = await client.completions.create({
+      model: 'up',
+      prompt: 'one two three',
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let usageChunks = 0;
+    const ids = new Set<string>();
+    for await (const chunk of stream) {
+      ids.add(chunk.id);
+      if (chunk.choices.length === 0) {
+        usageChunks += 1;
+        expect(chunk.usage?.completion_tokens).toBeGreaterThan(0);
+      }
+      text += chunk.choices.map((c) => c.text).join('');
+    }
+    expect(text).toBe(' echo: one two three');
+    expect(usageChunks).toBe(1);
+    expect(ids.size).toBe(1);
+    expect(upstream.requests.at(-1)?.body.stream_options).toEqual({ include_usage: true });
+  });
+
+  it('writes SSE frames exactly, with no usage chunk unless asked', async () => {
+    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'echo', prompt: 'a b', stream: true }),
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    expect(res.headers.get('cache-control')).toContain('no-cache');
+    expect(res.headers.get('x-accel-buffering')).toBe('no');
+    const body = await res.text();
+    const frames = body.split('\n\n').filter(Boolean);
+    expect(frames.at(-1)).toBe('data: [DONE]');
+    const chunks = frames.slice(0, -1).map((f) => JSON.parse(f.replace(/^data: /, '')) as Record<string, unknown>);
+    expect(chunks.every((c) => Array.isArray(c.choices) && (c.choices as unknown[]).length > 0)).toBe(true);
+    expect(chunks.every((c) => !('usage' in c))).toBe(true);
+    const text = chunks.map((c) => (c.choices as { text: string }[]).map((x) => x.text).join('')).join('');
+    expect(text).toBe(' a b');
+  });
+
+  it('gives the same simulator text streamed and not, and resolves aliases', async () => {
+    const whole = await client.completions.create({ model: 'sim-alias', prompt: 'determinism', max_tokens: 12 });
+    const stream = await client.completions.create({ model: 'sim', prompt: 'determinism', max_tokens: 12, stream: true });
+    let streamed = '';
+    for await (const chunk of stream) {
+      streamed += chunk.choices.map((c) => c.text).join('');
+    }
+    expect(whole.model).toBe('sim');
+    expect(whole.choices[0]?.text.length).toBeGreaterThan(0);
+    expect(streamed).toBe(whole.choices[0]?.text);
+  });
+
+  it('rejects a missing or unknown key with 401 and the OpenAI error shape', async () => {
+    const bad = new OpenAI({ apiKey: 'sk-aq-not-a-real-key', baseURL: `${stack.baseUrl}/v1`, maxRetries: 0 });
+    await expect(bad.completions.create({ model: 'sim', prompt: 'x' })).rejects.toBeInstanceOf(AuthenticationError);
+    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'sim', prompt: 'x' }),
+    });
+    expect(res.status).toBe(401);
+    const body = (await res.json()) as { error: Record<string, unknown> };
+    expect(Object.keys(body.error).sort()).toEqual(['code', 'message', 'param', 'type']);
+    expect(res.headers.get('x-request-id')).toMatch(/^[0-9a-f]{24}$/);
+  });
+
+  it('answers 404 model_not_found for an unknown model', async () => {
+    const err = await client.completions.create({ model: 'nope', prompt: 'x' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect((err as NotFoundError).code).toBe('model_not_found');
+  });
+
+  it('lists models without duplicates', async () => {
+    const page = await client.models.list();
+    const ids = page.data.map((m) => m.id);
+    expect(ids).toEqual(['up', 'sim', 'echo']);
+    expect(page.data.every((m) => m.owned_by === 'aqueduct')).toBe(true);
+  });
+
+  it('relays 100 concurrent streams, each client receiving exactly its own text', async () => {
+    const prompts = Array.from({ length: 100 }, (_, i) => `client ${i} says ${(i * 7919) % 1000} words`);
+    const results = await Promise.all(
+      prompts.map(async (prompt, i) => {
+        const stream = await client.completions.create({
+          model: i % 2 === 0 ? 'up' : 'echo',
+          prompt,
+          max_tokens: 50,
+          stream: true,
+        });
+        let text = '';
+        for await (const chunk of stream) {
+          text += chunk.choices.map((c) => c.text).join('');
+        }
+        return text;
+      }),
+    );
+    results.forEach((text, i) => {
+      expect(text).toBe(i % 2 === 0 ? ` echo: ${prompts[i]}` : ` ${prompts[i]}`);
+    });
+  });
+});

@@ -1,0 +1,166 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Redis from 'ioredis';
+import { redisNames, TokenStore, type TokenCreateOptions } from '../../libs/common/src';
+
+export const ROOT = join(__dirname, '..', '..');
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const ENTRY = {
+  gateway: join(ROOT, 'dist/apps/gateway/apps/gateway/src/main.js'),
+  worker: join(ROOT, 'dist/apps/worker/apps/worker/src/main.js'),
+};
+
+export function uniquePrefix(label: string): string {
+  return `aqtest-${label}-${randomBytes(4).toString('hex')}`;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Writes a router config YAML to a temp file and returns its path. */
+export function writeRouterConfig(yaml: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'aqueduct-cfg-'));
+  const file = join(dir, 'router.yaml');
+  writeFileSync(file, yaml);
+  return file;
+}
+
+export interface ProcessHandle {
+  child: ChildProcess;
+  output: () => string;
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+}
+
+function launch(role: 'gateway' | 'worker', env: Record<string, string>): ProcessHandle {
+  const child = spawn(process.execPath, ['--enable-source-maps', ENTRY[role]], {
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return {
+    child,
+    output: () => out,
+    stop: async (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill(signal);
+      }
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+export interface StackOptions {
+  routerConfig?: string;
+  workers?: number;
+  env?: Record<string, string>;
+  workerEnv?: Record<string, string>;
+}
+
+/** A real gateway and real workers as child processes, on a private key prefix. */
+export class Stack {
+  readonly prefix: string;
+  readonly port: number;
+  readonly redis: Redis;
+  readonly tokens: TokenStore;
+  gateway!: ProcessHandle;
+  readonly workers: ProcessHandle[] = [];
+  private readonly env: Record<string, string>;
+
+  private constructor(prefix: string, port: number, private readonly opts: StackOptions) {
+    this.prefix = prefix;
+    this.port = port;
+    this.redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+    this.tokens = new TokenStore(this.redis, redisNames(prefix));
+    this.env = {
+      REDIS_URL,
+      AQUEDUCT_REDIS_PREFIX: prefix,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      AQUEDUCT_HEARTBEAT_MS: '500',
+      ...(opts.routerConfig !== undefined && { AQUEDUCT_CONFIG: opts.routerConfig }),
+      ...opts.env,
+    };
+  }
+
+  static async start(label: string, opts: StackOptions = {}): Promise<Stack> {
+    const stack = new Stack(uniquePrefix(label), await freePort(), opts);
+    stack.gateway = launch('gateway', stack.env);
+    for (let i = 0; i < (opts.workers ?? 1); i++) {
+      stack.addWorker();
+    }
+    await stack.waitReady();
+    return stack;
+  }
+
+  get baseUrl(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  addWorker(env: Record<string, string> = {}): ProcessHandle {
+    const w = launch('worker', { ...this.env, ...this.opts.workerEnv, ...env });
+    this.workers.push(w);
+    return w;
+  }
+
+  async createKey(opts: Partial<TokenCreateOptions> = {}): Promise<string> {
+    const { key } = await this.tokens.create({ name: 'test', ...opts });
+    return key;
+  }
+
+  /** Until /ready is 200: Redis reachable and `workers` workers alive. */
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    let last = '';
+    while (Date.now() < until) {
+      if (this.gateway.child.exitCode !== null) {
+        throw new Error(`gateway exited during startup:\n${this.gateway.output()}`);
+      }
+      try {
+        const res = await fetch(`${this.baseUrl}/ready`);
+        last = await res.text();
+        if (res.status === 200) {
+          return;
+        }
+      } catch (err) {
+        last = String(err);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`stack not ready: ${last}\n--- gateway ---\n${this.gateway.output()}\n--- workers ---\n${this.workers.map((w) => w.output()).join('\n')}`);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([this.gateway.stop(), ...this.workers.map((w) => w.stop())]);
+    await deleteByPrefix(this.redis, this.prefix);
+    await this.redis.quit();
+  }
+}
+
+export async function deleteByPrefix(redis: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) {
+      await redis.del(...keys);
+    }
+  } while (cursor !== '0');
+}
