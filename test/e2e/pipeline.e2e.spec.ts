@@ -160,4 +160,33 @@ model_list:
       expect(text).toBe(i % 2 === 0 ? ` echo: ${prompts[i]}` : ` ${prompts[i]}`);
     });
   });
+
+  it('refuses a revoked key within about a second', async () => {
+    const own = await stack.tokens.create({ name: 'short-lived' });
+    const c = new OpenAI({ apiKey: own.key, baseURL: `${stack.baseUrl}/v1`, maxRetries: 0 });
+    await expect(c.models.list()).resolves.toBeDefined();
+    await stack.tokens.revoke(own.token.id);
+    await new Promise((r) => setTimeout(r, 1_100));
+    await expect(c.models.list()).rejects.toBeInstanceOf(AuthenticationError);
+  });
+
+  it('aborts the upstream request when the client disconnects mid-stream', async () => {
+    const controller = new AbortController();
+    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'up', prompt: 'w '.repeat(200), max_tokens: 200, stream: true, fake_itl_ms: 50 }),
+      signal: controller.signal,
+    });
+    const reader = res.body!.getReader();
+    await reader.read();
+    expect(upstream.inFlight()).toBe(1);
+    controller.abort();
+    const started = Date.now();
+    while (upstream.inFlight() > 0 && Date.now() - started < 3_000) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(upstream.inFlight()).toBe(0);
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
 });

@@ -1,0 +1,70 @@
+import type { RelayMessage } from '@app/common';
+import { describe, expect, it } from 'vitest';
+import { RelaySession } from './relay-session';
+
+const chunk = (seq: number, att = 0, text = `t${seq}`): RelayMessage => ({
+  t: 'chunk',
+  rid: 'r',
+  att,
+  seq,
+  choices: [{ index: 0, text, logprobs: null, finish_reason: null }],
+});
+
+function collect() {
+  const seen: RelayMessage[] = [];
+  return { seen, session: new RelaySession('r', (m) => seen.push(m)) };
+}
+
+describe('RelaySession', () => {
+  it('delivers messages in sequence and closes on the terminal message', () => {
+    const { seen, session } = collect();
+    session.accept(chunk(0), 1);
+    session.accept(chunk(1), 2);
+    session.accept({ t: 'done', rid: 'r', att: 0, seq: 2, usage: null }, 3);
+    session.accept(chunk(3), 4);
+    expect(seen.map((m) => m.seq)).toEqual([0, 1, 2]);
+    expect(session.isClosed).toBe(true);
+    expect(session.lastActivity).toBe(3);
+  });
+
+  it('drops duplicates', () => {
+    const { seen, session } = collect();
+    session.accept(chunk(0), 1);
+    session.accept(chunk(0), 1);
+    session.accept(chunk(1), 1);
+    expect(seen.map((m) => m.seq)).toEqual([0, 1]);
+  });
+
+  it('turns a gap into one error instead of silently wrong output', () => {
+    const { seen, session } = collect();
+    session.accept(chunk(0), 1);
+    session.accept(chunk(2), 1);
+    session.accept(chunk(3), 1);
+    expect(seen).toHaveLength(2);
+    expect(seen[1]).toMatchObject({ t: 'error', status: 502 });
+  });
+
+  it('ignores stale attempts after a retry', () => {
+    const { seen, session } = collect();
+    session.accept({ t: 'start', rid: 'r', att: 0, seq: 0, workerId: 'w1', deployment: 'd' }, 1);
+    expect(session.started).toBe(true);
+    expect(session.nextAttempt()).toBe(1);
+    expect(session.started).toBe(false);
+    session.accept(chunk(1, 0), 2);
+    session.accept(chunk(0, 1, 'fresh'), 3);
+    expect(seen.map((m) => [m.att, m.seq])).toEqual([
+      [0, 0],
+      [1, 0],
+    ]);
+  });
+
+  it('fail() reports once and stops delivery', () => {
+    const { seen, session } = collect();
+    session.fail(504, 'late', 'timeout');
+    session.fail(502, 'again');
+    session.accept(chunk(0), 1);
+    expect(seen).toEqual([
+      { t: 'error', rid: 'r', att: 0, seq: 0, status: 504, error: { message: 'late', type: 'server_error', param: null, code: 'timeout' } },
+    ]);
+  });
+});

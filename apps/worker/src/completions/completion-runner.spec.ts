@@ -1,0 +1,147 @@
+import {
+  AppConfig,
+  buildRouterConfig,
+  Clock,
+  COMPLETION_JOB_VERSION,
+  parseEnv,
+  redisNames,
+  type CompletionJobData,
+  type RelayMessage,
+} from '@app/common';
+import type { ServerRedis } from '@nestjs/microservices';
+import Redis from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type FakeUpstream, startFakeUpstream } from '../../../../test/support/fake-upstream';
+import { freePort, REDIS_URL, uniquePrefix } from '../../../../test/support/stack';
+import { BackendRegistry } from '../backends/backend-registry';
+import { CancellationRegistry } from '../control/cancellation.registry';
+import { WorkerIdentity } from '../worker-identity';
+import { CompletionRunner } from './completion-runner.service';
+
+/** The runner against real Redis pub/sub and a real upstream; only the gateway is absent. */
+describe('CompletionRunner', () => {
+  const prefix = uniquePrefix('runner');
+  let upstream: FakeUpstream;
+  let publisher: Redis;
+  let subscriber: Redis;
+  let runner: CompletionRunner;
+  let cancellations: CancellationRegistry;
+  let backends: BackendRegistry;
+  const inbox = `${prefix}:relay:test`;
+  const received = new Map<string, RelayMessage[]>();
+
+  beforeAll(async () => {
+    upstream = await startFakeUpstream();
+    const deadPort = await freePort();
+    const router = buildRouterConfig(
+      {
+        model_list: [
+          { model_name: 'flaky', litellm_params: { model: 'openai/x', api_base: `http://127.0.0.1:${deadPort}/v1` } },
+          { model_name: 'flaky', litellm_params: { model: 'openai/x', api_base: upstream.url } },
+          { model_name: 'up', litellm_params: { model: 'openai/x', api_base: upstream.url } },
+          { model_name: 'bad-request', litellm_params: { model: 'openai/x', api_base: upstream.url } },
+          { model_name: 'slow', litellm_params: { model: 'simulator/lorem', ttft_ms: 5_000 } },
+        ],
+      },
+      {},
+    );
+    const config = new AppConfig(parseEnv({ AQUEDUCT_REDIS_PREFIX: prefix, REDIS_URL }), router);
+    publisher = new Redis(REDIS_URL);
+    subscriber = new Redis(REDIS_URL);
+    subscriber.on('message', (_c: string, raw: string) => {
+      const msg = JSON.parse(raw) as RelayMessage;
+      received.set(msg.rid, [...(received.get(msg.rid) ?? []), msg]);
+    });
+    await subscriber.subscribe(inbox);
+    cancellations = new CancellationRegistry(config, {} as ServerRedis);
+    backends = new BackendRegistry(15_000);
+    runner = new CompletionRunner(config, new Clock(), new WorkerIdentity(), cancellations, backends, publisher);
+  });
+
+  afterAll(async () => {
+    await backends.onApplicationShutdown();
+    await publisher.del(redisNames(prefix).cancelFlag('x'));
+    await Promise.all([publisher.quit(), subscriber.quit(), upstream.close()]);
+  });
+
+  const job = (rid: string, model: string, params: Record<string, unknown>, stream = true): CompletionJobData => ({
+    v: COMPLETION_JOB_VERSION,
+    rid,
+    att: 0,
+    replyTo: inbox,
+    model,
+    stream,
+    params,
+    deadline: Date.now() + 10_000,
+    tokenId: 'tok_test',
+  });
+
+  async function messages(rid: string): Promise<RelayMessage[]> {
+    for (let i = 0; i < 50 && !received.get(rid)?.some((m) => ['done', 'error', 'result'].includes(m.t)); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return received.get(rid) ?? [];
+  }
+
+  it('fails over to the next deployment when the first refuses connections', async () => {
+    // Round robin starts at deployment 0 (the dead one) for the first request.
+    const result = await runner.run(job('failover', 'flaky', { prompt: 'a b', max_tokens: 5 }));
+    const msgs = await messages('failover');
+    expect(result).toEqual({ outcome: 'ok', deployment: 'flaky#1' });
+    expect(msgs.map((m) => m.t)).toEqual(['start', 'chunk', 'chunk', 'chunk', 'done']);
+    expect(msgs.map((m) => m.seq)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('sends one error after the first token and never fails over mid-stream', async () => {
+    const before = upstream.requests.length;
+    const result = await runner.run(job('mid', 'up', { prompt: 'a b c d', fake_itl_ms: 20, fake_fail: 'reset-after:2' }));
+    const msgs = await messages('mid');
+    expect(result.outcome).toBe('error');
+    expect(msgs.filter((m) => m.t === 'chunk')).toHaveLength(2);
+    expect(msgs.at(-1)).toMatchObject({ t: 'error', status: 502 });
+    expect(upstream.requests.length - before).toBe(1);
+  });
+
+  it('passes a client error through without failover', async () => {
+    const result = await runner.run(job('ctx', 'bad-request', { prompt: 'x', fake_fail: 'context-length' }, false));
+    const msgs = await messages('ctx');
+    expect(result).toMatchObject({ outcome: 'error', status: 400 });
+    expect(msgs.at(-1)).toMatchObject({ t: 'error', status: 400, error: { code: 'context_length_exceeded' } });
+  });
+
+  it('returns a non-stream result in one message', async () => {
+    await runner.run(job('whole', 'up', { prompt: 'x y', max_tokens: 8 }, false));
+    const msgs = await messages('whole');
+    expect(msgs.map((m) => m.t)).toEqual(['start', 'result']);
+    expect(msgs[1]).toMatchObject({ t: 'result', choices: [{ index: 0, text: ' echo: x y', finish_reason: 'stop' }] });
+  });
+
+  it('stops promptly and silently when the request is cancelled', async () => {
+    const started = Date.now();
+    const run = runner.run(job('cancel-me', 'slow', { prompt: 'x' }));
+    await new Promise((r) => setTimeout(r, 100));
+    cancellations.cancel('cancel-me', 'client_disconnected');
+    expect(await run).toEqual({ outcome: 'cancelled', deployment: undefined });
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect((await messages('cancel-me')).map((m) => m.t)).toEqual(['start']);
+  });
+
+  it('drops a job cancelled before pickup', async () => {
+    cancellations.cancel('early', 'client_disconnected');
+    expect(await runner.run(job('early', 'up', { prompt: 'x' }))).toEqual({ outcome: 'cancelled' });
+  });
+
+  it('reports 504 when the deadline passes', async () => {
+    const expired = { ...job('late', 'slow', { prompt: 'x' }), deadline: Date.now() + 200 };
+    const result = await runner.run(expired);
+    const msgs = await messages('late');
+    expect(result).toMatchObject({ outcome: 'expired', status: 504 });
+    expect(msgs.at(-1)).toMatchObject({ t: 'error', status: 504, error: { code: 'timeout' } });
+  });
+
+  it('refuses a job version it does not know with a clear error', async () => {
+    const bad = { ...job('v99', 'up', { prompt: 'x' }), v: 99 } as unknown as CompletionJobData;
+    await runner.run(bad);
+    expect((await messages('v99')).at(-1)).toMatchObject({ t: 'error', status: 500 });
+  });
+});
