@@ -20,7 +20,8 @@ ENV CI=true \
 RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci
+# --ignore-scripts: `prepare` builds, and the sources are not copied yet.
+RUN npm ci --ignore-scripts
 COPY . .
 RUN npm run build
 
@@ -34,7 +35,7 @@ ENV CI=true \
 RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev && npm cache clean --force
+RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 
 # ---- runtime ----
 FROM ${NODE_IMAGE} AS runtime
@@ -51,6 +52,8 @@ COPY package.json package-lock.json ./
 COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY config ./config
+# The operator CLI: docker compose exec gateway npx aqueduct tokens create --name me
+COPY bin ./bin
 USER node
 EXPOSE 8000
 # npm forwards SIGTERM/SIGINT to the app; run with an init (docker run --init, compose `init: true`)

@@ -44,7 +44,14 @@ model_list:
   });
 
   it('serves a non-stream completion from an OpenAI-compatible upstream', async () => {
-    const res = await client.completions.create({ model: 'up', prompt: 'hello there world', max_tokens: 10 });
+    const extra = { top_k: 5, user_id: 'end-user-7' } as Record<string, unknown>;
+    const res = await client.completions.create({
+      model: 'up',
+      prompt: 'hello there world',
+      max_tokens: 10,
+      temperature: 0.5,
+      ...extra,
+    });
     expect(res.object).toBe('text_completion');
     expect(res.model).toBe('up');
     expect(res.id).toMatch(/^cmpl-/);
@@ -54,6 +61,9 @@ model_list:
     const forwarded = upstream.requests.at(-1);
     expect(forwarded?.headers.authorization).toBe('Bearer upstream-secret-key-123');
     expect(forwarded?.body.model).toBe('fake-model');
+    // Every client parameter is forwarded, unknown ones too; Aqueduct's user_id is not.
+    expect(forwarded?.body).toMatchObject({ prompt: 'hello there world', max_tokens: 10, temperature: 0.5, top_k: 5 });
+    expect(forwarded?.body).not.toHaveProperty('user_id');
   });
 
   it('streams from the upstream, ending with [DONE], with usage only when asked', async () => {

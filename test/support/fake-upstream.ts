@@ -22,6 +22,7 @@ import type { AddressInfo } from 'node:net';
  *   - `oversize`: one data frame of 1.5 MiB.  `no-choices`: a chunk/body without `choices`.
  *   - `finish-abort`: the first chunk carries vLLM's `finish_reason: "abort"`.
  * - `fake_chunk_bytes`: write the stream in slices of that many bytes (split UTF-8 tests).
+ * - `fake_end_delay_ms`: wait that long between `data: [DONE]` and the end of the body.
  * - model `unauthorized` → 401, `missing-model` → 404 (per-deployment failures).
  */
 
@@ -249,6 +250,14 @@ async function streamCompletion(
   }
   if (includeUsage) {
     await write(`data: ${plan.head}"choices":[],"usage":${JSON.stringify(plan.usage)}}\n\n`);
+  }
+  const endDelay = num(body.fake_end_delay_ms, 0);
+  if (endDelay > 0) {
+    // Like uvicorn, which writes the end of the chunked body separately from the last event.
+    await write(DONE);
+    await pause(endDelay, res);
+    res.end();
+    return;
   }
   res.end(DONE);
 }
