@@ -35,6 +35,15 @@ export default defineConfig(
       },
     },
   },
+  // CommonJS launchers (bin/, scripts/): `require` and `__dirname` exist there.
+  {
+    name: 'aqueduct/commonjs',
+    files: ['bin/**/*.js', 'scripts/**/*.js'],
+    languageOptions: {
+      sourceType: 'commonjs',
+      globals: { require: 'readonly', module: 'writable', __dirname: 'readonly', __filename: 'readonly' },
+    },
+  },
 
   // TypeScript: type-aware rules, using the tsconfig.json that covers apps, libs, test, bench, scripts.
   {

@@ -24,8 +24,21 @@ describe('aqueduct CLI', () => {
 
   it('creates a token with every contract option and prints its key once', async () => {
     const { stdout } = await aqueduct(
-      'tokens', 'create', '--name', 'ci', '--models', 'sim,echo', '--rpm', '5',
-      '--input-tpm', '1000', '--output-tpm', '2000', '--expires-in', '30d', '--json',
+      'tokens',
+      'create',
+      '--name',
+      'ci',
+      '--models',
+      'sim,echo',
+      '--rpm',
+      '5',
+      '--input-tpm',
+      '1000',
+      '--output-tpm',
+      '2000',
+      '--expires-in',
+      '30d',
+      '--json',
     );
     const created = JSON.parse(stdout) as Record<string, unknown>;
     expect(created.key).toMatch(/^sk-aq-[A-Za-z0-9_-]{43}$/);

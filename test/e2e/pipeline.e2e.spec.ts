@@ -112,7 +112,12 @@ model_list:
 
   it('gives the same simulator text streamed and not, and resolves aliases', async () => {
     const whole = await client.completions.create({ model: 'sim-alias', prompt: 'determinism', max_tokens: 12 });
-    const stream = await client.completions.create({ model: 'sim', prompt: 'determinism', max_tokens: 12, stream: true });
+    const stream = await client.completions.create({
+      model: 'sim',
+      prompt: 'determinism',
+      max_tokens: 12,
+      stream: true,
+    });
     let streamed = '';
     for await (const chunk of stream) {
       streamed += chunk.choices.map((c) => c.text).join('');

@@ -23,6 +23,7 @@ import type { AddressInfo } from 'node:net';
  *   - `finish-abort`: the first chunk carries vLLM's `finish_reason: "abort"`.
  * - `fake_chunk_bytes`: write the stream in slices of that many bytes (split UTF-8 tests).
  * - `fake_end_delay_ms`: wait that long between `data: [DONE]` and the end of the body.
+ * - `fake_ignore_stream`: answer a stream request with a plain JSON completion.
  * - model `unauthorized` → 401, `missing-model` → 404 (per-deployment failures).
  */
 
@@ -111,7 +112,14 @@ async function route(req: IncomingMessage, res: ServerResponse, body: Record<str
     return sendError(res, 401, `Incorrect API key provided: ${key}.`, 'invalid_request_error', null, 'invalid_api_key');
   }
   if (model === 'missing-model') {
-    return sendError(res, 404, `The model \`${model}\` does not exist.`, 'invalid_request_error', null, 'model_not_found');
+    return sendError(
+      res,
+      404,
+      `The model \`${model}\` does not exist.`,
+      'invalid_request_error',
+      null,
+      'model_not_found',
+    );
   }
   const fail = typeof body.fake_fail === 'string' ? body.fake_fail : '';
   const [kind = '', arg = ''] = fail.split(':');
@@ -132,7 +140,10 @@ async function route(req: IncomingMessage, res: ServerResponse, body: Record<str
   if (res.destroyed) {
     return;
   }
-  return body.stream === true ? streamCompletion(res, plan, kind, Number(arg), body) : sendCompletion(res, plan, kind);
+  // `fake_ignore_stream` answers a stream request with a JSON body, as some servers do.
+  return body.stream === true && body.fake_ignore_stream !== true
+    ? streamCompletion(res, plan, kind, Number(arg), body)
+    : sendCompletion(res, plan, kind);
 }
 
 interface Plan {
@@ -166,7 +177,11 @@ function planCompletion(body: Record<string, unknown>, model: string, id: string
     head: `{"id":"${id}","object":"text_completion","created":${created},"model":${JSON.stringify(model)},"system_fingerprint":"fp_fake",`,
     tokens,
     finish,
-    usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens },
+    usage: {
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
+    },
     itlMs: num(body.fake_itl_ms, 0),
   };
 }

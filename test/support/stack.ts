@@ -84,7 +84,11 @@ export class Stack {
   readonly workers: ProcessHandle[] = [];
   private readonly env: Record<string, string>;
 
-  private constructor(prefix: string, port: number, private readonly opts: StackOptions) {
+  private constructor(
+    prefix: string,
+    port: number,
+    private readonly opts: StackOptions,
+  ) {
     this.prefix = prefix;
     this.port = port;
     this.redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
@@ -144,7 +148,9 @@ export class Stack {
       }
       await new Promise((r) => setTimeout(r, 100));
     }
-    throw new Error(`stack not ready: ${last}\n--- gateway ---\n${this.gateway.output()}\n--- workers ---\n${this.workers.map((w) => w.output()).join('\n')}`);
+    throw new Error(
+      `stack not ready: ${last}\n--- gateway ---\n${this.gateway.output()}\n--- workers ---\n${this.workers.map((w) => w.output()).join('\n')}`,
+    );
   }
 
   async stop(): Promise<void> {

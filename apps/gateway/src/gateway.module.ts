@@ -1,4 +1,15 @@
-import { AppConfig, Clock, closeRedis, COMPLETIONS_QUEUE, ConfigModule, createControlClient, createControlServer, createRedis, parseRedisUrl, TokenStore } from '@app/common';
+import {
+  AppConfig,
+  Clock,
+  closeRedis,
+  COMPLETIONS_QUEUE,
+  ConfigModule,
+  createControlClient,
+  createControlServer,
+  createRedis,
+  parseRedisUrl,
+  TokenStore,
+} from '@app/common';
 import { BullModule } from '@nestjs/bullmq';
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';

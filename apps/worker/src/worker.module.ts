@@ -39,7 +39,8 @@ import { WorkerIdentity } from './worker-identity';
     {
       provide: REDIS_PUBLISHER,
       inject: [AppConfig, WorkerIdentity],
-      useFactory: (config: AppConfig, id: WorkerIdentity) => createRedis(config.env.REDIS_URL, 'command', `${id.id}:pub`),
+      useFactory: (config: AppConfig, id: WorkerIdentity) =>
+        createRedis(config.env.REDIS_URL, 'command', `${id.id}:pub`),
     },
     {
       provide: CONTROL_SERVER,

@@ -18,7 +18,7 @@ export class BearerAuthGuard extends AuthGuard('bearer') {
   }
 
   override handleRequest<T>(err: unknown, user: T, _info: unknown, context: ExecutionContext): T {
-    if (err !== null && err !== undefined) {
+    if (err instanceof Error) {
       throw err;
     }
     if (user === false || user === undefined || user === null) {

@@ -97,7 +97,10 @@ function toApiError(error: z.ZodError): ApiError {
     return ApiError.invalid('Invalid request body.');
   }
   const param = typeof issue.path[0] === 'string' ? issue.path[0] : null;
-  const where = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').slice(1);
+  const where = issue.path
+    .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
+    .join('')
+    .slice(1);
   if (param === null) {
     return ApiError.invalid(`Invalid request: ${issue.message}.`);
   }

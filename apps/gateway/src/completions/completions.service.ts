@@ -62,11 +62,14 @@ export class CompletionsService {
     const deadline = now + this.timeoutMs(model);
     const done = new Promise<void>((resolve) => {
       const session = this.relay.open(rid, (msg: RelayMessage) => responder.onMessage(msg));
-      const deadlineTimer = setTimeout(() => {
-        void this.queue.removeIfWaiting(rid, session.attempt);
-        cancel('timeout');
-        session.fail(504, 'The completion did not finish within its timeout.', 'timeout');
-      }, deadline - now + DEADLINE_GRACE_MS);
+      const deadlineTimer = setTimeout(
+        () => {
+          void this.queue.removeIfWaiting(rid, session.attempt);
+          cancel('timeout');
+          session.fail(504, 'The completion did not finish within its timeout.', 'timeout');
+        },
+        deadline - now + DEADLINE_GRACE_MS,
+      );
       res.on('close', () => {
         clearTimeout(deadlineTimer);
         this.relay.close(rid);

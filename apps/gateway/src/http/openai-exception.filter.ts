@@ -43,7 +43,13 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
             'method_not_allowed',
           );
         }
-        return new ApiError(404, `Invalid URL (${req.method} ${req.path})`, 'invalid_request_error', null, 'unknown_url');
+        return new ApiError(
+          404,
+          `Invalid URL (${req.method} ${req.path})`,
+          'invalid_request_error',
+          null,
+          'unknown_url',
+        );
       }
       return new ApiError(status, this.messageOf(exception), errorTypeForStatus(status));
     }

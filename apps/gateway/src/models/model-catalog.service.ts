@@ -45,7 +45,13 @@ export class ModelCatalog {
   retrieve(id: string, token: TokenRecord): ModelObject {
     const model = this.config.router.resolve(id);
     if (model === undefined || !this.allowed(model, token)) {
-      throw new ApiError(404, `The model '${id.slice(0, 200)}' does not exist`, 'invalid_request_error', 'model', 'model_not_found');
+      throw new ApiError(
+        404,
+        `The model '${id.slice(0, 200)}' does not exist`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      );
     }
     return this.toObject(model);
   }

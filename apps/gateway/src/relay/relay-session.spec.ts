@@ -64,7 +64,14 @@ describe('RelaySession', () => {
     session.fail(502, 'again');
     session.accept(chunk(0), 1);
     expect(seen).toEqual([
-      { t: 'error', rid: 'r', att: 0, seq: 0, status: 504, error: { message: 'late', type: 'server_error', param: null, code: 'timeout' } },
+      {
+        t: 'error',
+        rid: 'r',
+        att: 0,
+        seq: 0,
+        status: 504,
+        error: { message: 'late', type: 'server_error', param: null, code: 'timeout' },
+      },
     ]);
   });
 });

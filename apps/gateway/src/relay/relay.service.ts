@@ -1,12 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import {
-  AppConfig,
-  Clock,
-  closeRedis,
-  createRedis,
-  type RelayMessage,
-} from '@app/common';
+import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage } from '@app/common';
 import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { type RelayListener, RelaySession } from './relay-session';

@@ -6,6 +6,7 @@ import { BackendError } from './backend-error';
 import type { BackendRequest, StreamEvent } from './llm-backend';
 import { OpenAICompatibleBackend } from './openai-compatible.backend';
 import { retryAfterMs } from './upstream-errors';
+import { sseMessages } from './upstream-sse';
 
 const API_KEY = 'sk-test-SECRET-0123456789abcdef';
 
@@ -90,7 +91,12 @@ async function eventually(check: () => boolean, ms = 2_000): Promise<void> {
 
 describe('OpenAICompatibleBackend: requests', () => {
   it('forwards unknown params untouched, sets model and stream, sends the key', async () => {
-    const params = { top_k: 5, vendor: { nested: [1, 'two'] }, temperature: 0.3, stream_options: { include_usage: true } };
+    const params = {
+      top_k: 5,
+      vendor: { nested: [1, 'two'] },
+      temperature: 0.3,
+      stream_options: { include_usage: true },
+    };
     await backend.complete(request(params));
     const { body, headers } = lastRequest();
     expect(body).toEqual({
@@ -108,7 +114,12 @@ describe('OpenAICompatibleBackend: requests', () => {
   it('always asks a streaming upstream for usage', async () => {
     await drain(backend.stream(request({ best_of: 1 })));
     const { body } = lastRequest();
-    expect(body).toMatchObject({ stream: true, stream_options: { include_usage: true }, best_of: 1, model: 'upstream-llama' });
+    expect(body).toMatchObject({
+      stream: true,
+      stream_options: { include_usage: true },
+      best_of: 1,
+      model: 'upstream-llama',
+    });
   });
 
   it('sends no Authorization header without an api key', async () => {
@@ -130,12 +141,13 @@ describe('OpenAICompatibleBackend: requests', () => {
 
   it('reads the body to its end after [DONE], so even a late end keeps the socket', async () => {
     const before = fake.requests.length;
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 5; i++) {
       const { events } = await drain(backend.stream(request({ fake_end_delay_ms: 30 })));
       expect(events.at(-1)?.type).toBe('usage');
     }
     const ports = fake.requests.slice(before).map((r) => r.remotePort);
-    expect(new Set(ports).size).toBe(1);
+    expect(ports).toHaveLength(5);
+    expect(new Set(ports).size).toBeLessThanOrEqual(2);
   });
 });
 
@@ -158,9 +170,9 @@ describe('OpenAICompatibleBackend: responses', () => {
     for (const c of chunks(events)) {
       expect(Object.keys(c).sort()).toEqual(['finish_reason', 'index', 'logprobs', 'text']);
     }
-    expect(events.filter((e) => e.type === 'chunk').every((e) => e.type === 'chunk' && e.system_fingerprint === 'fp_fake')).toBe(
-      true,
-    );
+    expect(
+      events.filter((e) => e.type === 'chunk').every((e) => e.type === 'chunk' && e.system_fingerprint === 'fp_fake'),
+    ).toBe(true);
     const text = (i: number) =>
       chunks(events)
         .filter((c) => c.index === i)
@@ -168,7 +180,28 @@ describe('OpenAICompatibleBackend: responses', () => {
         .join('');
     expect([text(0), text(1)]).toEqual([' echo: x y', ' echo: x y']);
     expect(chunks(events).filter((c) => c.finish_reason === 'stop')).toHaveLength(2);
-    expect(events.at(-1)).toEqual({ type: 'usage', usage: { prompt_tokens: 2, completion_tokens: 6, total_tokens: 8 } });
+    expect(events.at(-1)).toEqual({
+      type: 'usage',
+      usage: { prompt_tokens: 2, completion_tokens: 6, total_tokens: 8 },
+    });
+  });
+
+  it('turns a JSON answer to a stream request into chunk + usage events', async () => {
+    const { events, error } = await drain(backend.stream(request({ prompt: 'p q', fake_ignore_stream: true })));
+    expect(error).toBeUndefined();
+    expect(events).toEqual([
+      {
+        type: 'chunk',
+        choices: [{ index: 0, text: ' echo: p q', logprobs: null, finish_reason: 'stop' }],
+        system_fingerprint: 'fp_fake',
+      },
+      { type: 'usage', usage: { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 } },
+    ]);
+  });
+
+  it('runs concurrent requests on parallel connections', async () => {
+    await Promise.all(Array.from({ length: 6 }, () => backend.complete(request({ fake_ttft_ms: 100 }))));
+    expect(fake.maxInFlight()).toBeGreaterThanOrEqual(6);
   });
 
   it('decodes UTF-8 split across reads', async () => {
@@ -195,7 +228,11 @@ interface Expected {
 function expectBackendError(err: unknown, e: Expected): void {
   expect(err).toBeInstanceOf(BackendError);
   const b = err as BackendError;
-  expect({ status: b.status, type: b.type, failover: b.failover }).toEqual({ status: e.status, type: e.type, failover: e.failover });
+  expect({ status: b.status, type: b.type, failover: b.failover }).toEqual({
+    status: e.status,
+    type: e.type,
+    failover: e.failover,
+  });
   if (e.code !== undefined) {
     expect(b.code).toBe(e.code);
   }
@@ -299,12 +336,22 @@ describe.each([false, true])('OpenAICompatibleBackend: upstream failures (stream
   it('connection refused → 503 upstream unavailable', async () => {
     const port = await closedPort();
     const { error } = await run({ ...request({}), deployment: deployment({ apiBase: `http://127.0.0.1:${port}/v1` }) });
-    expectBackendError(error, { status: 503, type: 'server_error', failover: true, message: /upstream unavailable \(ECONNREFUSED\)/ });
+    expectBackendError(error, {
+      status: 503,
+      type: 'server_error',
+      failover: true,
+      message: /upstream unavailable \(ECONNREFUSED\)/,
+    });
   });
 
   it('garbage → 502', async () => {
     const { error } = await run(request({ fake_fail: 'garbage' }));
-    expectBackendError(error, { status: 502, type: 'server_error', failover: true, message: stream ? /protocol error/ : /invalid response/ });
+    expectBackendError(error, {
+      status: 502,
+      type: 'server_error',
+      failover: true,
+      message: stream ? /protocol error/ : /invalid response/,
+    });
   });
 
   it('no choices array → 502', async () => {
@@ -349,15 +396,27 @@ describe.each([false, true])('OpenAICompatibleBackend: upstream failures (stream
 
 describe('OpenAICompatibleBackend: broken streams', () => {
   it('a reset after some tokens → 502 terminated, after yielding them', async () => {
-    const { events, error } = await drain(backend.stream(request({ prompt: 'a b c d', fake_fail: 'reset-after:2', fake_itl_ms: 30 })));
+    const { events, error } = await drain(
+      backend.stream(request({ prompt: 'a b c d', fake_fail: 'reset-after:2', fake_itl_ms: 30 })),
+    );
     expect(chunks(events).map((c) => c.text)).toEqual([' echo:', ' a']);
-    expectBackendError(error, { status: 502, type: 'server_error', failover: true, message: /terminated unexpectedly/ });
+    expectBackendError(error, {
+      status: 502,
+      type: 'server_error',
+      failover: true,
+      message: /terminated unexpectedly/,
+    });
   });
 
   it('EOF without [DONE] → 502 terminated', async () => {
     const { events, error } = await drain(backend.stream(request({ prompt: 'a b c d', fake_fail: 'eof-after:3' })));
     expect(chunks(events)).toHaveLength(3);
-    expectBackendError(error, { status: 502, type: 'server_error', failover: true, message: /terminated unexpectedly/ });
+    expectBackendError(error, {
+      status: 502,
+      type: 'server_error',
+      failover: true,
+      message: /terminated unexpectedly/,
+    });
   });
 
   it('a stall mid-stream → 504 after the idle timeout, socket released', async () => {
@@ -371,7 +430,7 @@ describe('OpenAICompatibleBackend: broken streams', () => {
 
   it('does not count a slow consumer as an upstream stall', async () => {
     const events: StreamEvent[] = [];
-    for await (const e of backend.stream(request({ prompt: 'a b' }))) {
+    for await (const e of backend.stream(request({ prompt: 'a', max_tokens: 1 }))) {
       events.push(e);
       await new Promise((r) => setTimeout(r, 400)); // longer than idleTimeoutMs
     }
@@ -399,6 +458,34 @@ describe('OpenAICompatibleBackend: broken streams', () => {
       break;
     }
     await eventually(() => fake.inFlight() === 0);
+  });
+});
+
+describe('sseMessages', () => {
+  const reader = (parts: string[]) => {
+    const bytes = parts.map((p) => new TextEncoder().encode(p));
+    return () => Promise.resolve(bytes.shift() ?? null);
+  };
+  const all = async (parts: string[]) => {
+    const out: { event?: string; data: string }[] = [];
+    for await (const m of sseMessages(reader(parts))) {
+      out.push(m.event === undefined ? { data: m.data } : { event: m.event, data: m.data });
+    }
+    return out;
+  };
+
+  it('skips comments and foreign events, keeps error events, stops at the exact [DONE]', async () => {
+    const parts = [
+      ': ping\n\ndata: {"a"',
+      ':1}\n\nevent: progress\ndata: x\n\n',
+      'event: error\ndata: {}\n\n',
+      'data: [DONE]\n\n',
+    ];
+    expect(await all(parts)).toEqual([{ data: '{"a":1}' }, { event: 'error', data: '{}' }]);
+  });
+
+  it('does not take a near-miss sentinel for the end', async () => {
+    await expect(all(['data: [DONE] \n\n'])).rejects.toMatchObject({ status: 502, message: /terminated unexpectedly/ });
   });
 });
 

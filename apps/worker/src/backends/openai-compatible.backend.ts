@@ -84,7 +84,7 @@ export class OpenAICompatibleBackend implements LlmBackend {
           yield event;
         }
       }
-      // await call.drain(read);
+      await call.drain(read);
     } catch (err) {
       throw call.failure(err);
     } finally {

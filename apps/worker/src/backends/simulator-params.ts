@@ -28,7 +28,8 @@ export function parseSimParams(params: Record<string, unknown>): SimParams {
     maxTokens: int(params.max_tokens, 'max_tokens', 16, 0, Number.MAX_SAFE_INTEGER),
     echo: bool(params.echo, 'echo'),
     stop: parseStop(params.stop),
-    logprobs: params.logprobs === undefined || params.logprobs === null ? null : int(params.logprobs, 'logprobs', 0, 0, 5),
+    logprobs:
+      params.logprobs === undefined || params.logprobs === null ? null : int(params.logprobs, 'logprobs', 0, 0, 5),
     seed: params.seed === undefined || params.seed === null ? null : int(params.seed, 'seed', 0, -(2 ** 63), 2 ** 63),
   };
 }

@@ -56,8 +56,7 @@ export function planCompletion(upstreamModel: string, p: SimParams): CompletionP
     promptTokens += words.length; // once per prompt, however many choices it has
     for (let c = 0; c < p.n; c++) {
       const seedText = JSON.stringify([upstreamModel, prompt, c, p.seed]);
-      const natural =
-        upstreamModel === 'echo' ? words.map((w) => ` ${w}`) : randomTokens(prng(`${seedText}:text`));
+      const natural = upstreamModel === 'echo' ? words.map((w) => ` ${w}`) : randomTokens(prng(`${seedText}:text`));
       const generated = applyLimits(natural, p.maxTokens, p.stop);
       completionTokens += generated.count;
       const index = promptIdx * p.n + c;
@@ -67,7 +66,11 @@ export function planCompletion(upstreamModel: string, p: SimParams): CompletionP
   });
   return {
     choices,
-    usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens },
+    usage: {
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
+    },
     steps: Math.max(...choices.map((c) => c.steps.length)),
     logprobs: p.logprobs !== null,
   };
@@ -141,7 +144,8 @@ function clip(tokens: string[], end: number): string[] {
 }
 
 function toSteps(echo: string, visible: string[], lp: { top: number; rng: () => number } | null): SimStep[] {
-  const steps: SimStep[] = visible.length === 0 ? [{ text: '', logprobs: [] }] : visible.map((text) => ({ text, logprobs: [] }));
+  const steps: SimStep[] =
+    visible.length === 0 ? [{ text: '', logprobs: [] }] : visible.map((text) => ({ text, logprobs: [] }));
   const first = steps[0] as SimStep;
   first.text = echo + first.text;
   if (lp === null) {

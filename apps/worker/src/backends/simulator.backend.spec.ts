@@ -177,7 +177,10 @@ describe('SimulatorBackend: n and several prompts', () => {
     expect(finishes.map((c) => c.index).sort()).toEqual([0, 1, 2, 3]);
     const merged = merge(events);
     expect([...merged.values()].map((m) => m.text)).toEqual([' a b c', ' a b c', ' d', ' d']);
-    expect(events.at(-1)).toEqual({ type: 'usage', usage: { prompt_tokens: 4, completion_tokens: 8, total_tokens: 12 } });
+    expect(events.at(-1)).toEqual({
+      type: 'usage',
+      usage: { prompt_tokens: 4, completion_tokens: 8, total_tokens: 12 },
+    });
   });
 });
 
@@ -186,7 +189,11 @@ describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
     const res = await sim.complete(request('echo', { prompt: 'one two', echo: true }));
     expect(res.choices[0]?.text).toBe('one two one two');
     const events = await collect(sim.stream(request('echo', { prompt: 'one two', echo: true, n: 2 })));
-    expect(chunks(events).slice(0, 2).map((c) => c.text)).toEqual(['one two one', 'one two one']);
+    expect(
+      chunks(events)
+        .slice(0, 2)
+        .map((c) => c.text),
+    ).toEqual(['one two one', 'one two one']);
   });
 
   it('max_tokens 0 with echo returns the prompt only; without echo an empty text', async () => {
@@ -298,7 +305,11 @@ describe('SimulatorBackend: timing, deadline, abort', () => {
 
   it('fails with 504 timeout at the deadline, not after the full generation', async () => {
     const { backend, state } = virtualTime();
-    const req = { ...request('echo', { prompt: 'a b' }), deployment: deployment('echo', 5_000, 0), deadline: state.now + 300 };
+    const req = {
+      ...request('echo', { prompt: 'a b' }),
+      deployment: deployment('echo', 5_000, 0),
+      deadline: state.now + 300,
+    };
     const err: unknown = await backend.complete(req).catch((e: unknown) => e);
     expect(err).toMatchObject({ status: 504, type: 'server_error', code: 'timeout', failover: false });
     expect(state.now - (req.deadline - 300)).toBe(300);
@@ -320,7 +331,11 @@ describe('SimulatorBackend: timing, deadline, abort', () => {
     const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
     const before = timers();
     const ctl = new AbortController();
-    const req = { ...request('echo', { prompt: 'a b c' }), deployment: deployment('echo', 0, 5_000), signal: ctl.signal };
+    const req = {
+      ...request('echo', { prompt: 'a b c' }),
+      deployment: deployment('echo', 0, 5_000),
+      signal: ctl.signal,
+    };
     const reason = new Error('client went away');
     const seen: StreamEvent[] = [];
     const t0 = performance.now();

@@ -1,7 +1,14 @@
 import type { ChoiceDelta } from '@app/common';
 import type { BackendRequest, CompletionResult, LlmBackend, StreamEvent } from './llm-backend';
 import { parseSimParams } from './simulator-params';
-import { joinSteps, planCompletion, toLogprobs, type ChoicePlan, type CompletionPlan, type SimStep } from './simulator-text';
+import {
+  joinSteps,
+  planCompletion,
+  toLogprobs,
+  type ChoicePlan,
+  type CompletionPlan,
+  type SimStep,
+} from './simulator-text';
 import { upstreamTimeout } from './upstream-errors';
 
 export interface SimulatorBackendOptions {
@@ -79,7 +86,12 @@ export class SimulatorBackend implements LlmBackend {
   }
 }
 
-function choiceDelta(choice: ChoicePlan, step: SimStep, finish: ChoiceDelta['finish_reason'], logprobs: boolean): ChoiceDelta {
+function choiceDelta(
+  choice: ChoicePlan,
+  step: SimStep,
+  finish: ChoiceDelta['finish_reason'],
+  logprobs: boolean,
+): ChoiceDelta {
   return {
     index: choice.index,
     text: step.text,

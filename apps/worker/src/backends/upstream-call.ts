@@ -95,7 +95,7 @@ export class UpstreamCall {
    */
   async drain(read: ReadChunk, limitBytes = 64 * 1024): Promise<void> {
     try {
-      for (let seen = 0; seen <= limitBytes; ) {
+      for (let seen = 0; seen <= limitBytes;) {
         const bytes = await read();
         if (bytes === null) {
           return;

@@ -22,7 +22,14 @@ const RATE_LIMIT_MESSAGE = 'the upstream is rate limited, please retry later';
 
 export function upstreamTimeout(): BackendError {
   // Nothing can finish in time any more, so another deployment would not help either.
-  return new BackendError(504, 'the request timed out waiting for the upstream', 'server_error', false, null, 'timeout');
+  return new BackendError(
+    504,
+    'the request timed out waiting for the upstream',
+    'server_error',
+    false,
+    null,
+    'timeout',
+  );
 }
 
 export function upstreamStalled(idleMs: number): BackendError {
@@ -45,7 +52,12 @@ export function upstreamProtocolError(detail: string): BackendError {
 
 /** vLLM's `finish_reason` "error"/"abort": the engine failed or dropped the request. */
 export function upstreamGenerationFailed(reason: string): BackendError {
-  return new BackendError(502, `the upstream failed while generating (finish_reason "${reason}")`, 'server_error', true);
+  return new BackendError(
+    502,
+    `the upstream failed while generating (finish_reason "${reason}")`,
+    'server_error',
+    true,
+  );
 }
 
 export function upstreamTerminated(): BackendError {
@@ -75,7 +87,14 @@ function fromStatusAndFields(status: number, e: UpstreamErrorFields, retryAfter:
   if (status === 400 || status === 422) {
     // The request itself is at fault; the upstream's explanation is what the client needs.
     const message = typeof e.message === 'string' && e.message !== '' ? e.message : 'the upstream rejected the request';
-    return new BackendError(status, message, 'invalid_request_error', false, stringOrNull(e.param), stringOrNull(e.code));
+    return new BackendError(
+      status,
+      message,
+      'invalid_request_error',
+      false,
+      stringOrNull(e.param),
+      stringOrNull(e.code),
+    );
   }
   if (status === 401 || status === 403) {
     // Our key, not the client's: never a 401 to the client, and alert-worthy.
@@ -89,7 +108,15 @@ function fromStatusAndFields(status: number, e: UpstreamErrorFields, retryAfter:
     return new BackendError(429, RATE_LIMIT_MESSAGE, 'requests', true, null, 'rate_limit_exceeded', retryAfter);
   }
   if (status >= 500) {
-    return new BackendError(502, `the upstream failed (status ${status})`, 'server_error', true, null, null, retryAfter);
+    return new BackendError(
+      502,
+      `the upstream failed (status ${status})`,
+      'server_error',
+      true,
+      null,
+      null,
+      retryAfter,
+    );
   }
   // Anything else (3xx, 408, 409, 413…) is not something the client can fix from here.
   return new BackendError(502, `the upstream answered with unexpected status ${status}`, 'server_error', true);

@@ -140,7 +140,9 @@ export class CompletionRunner {
     } else if (reason instanceof ApiError) {
       error = reason;
     } else {
-      this.logger.error(`unexpected failure: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
+      this.logger.error(
+        `unexpected failure: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`,
+      );
       error = ApiError.server(500, 'The worker failed while processing the request.');
     }
     out.send({ t: 'error', status: error.status, error: error.body.error, retryAfterMs: error.retryAfterMs });

@@ -94,7 +94,9 @@ describe('CompletionRunner', () => {
 
   it('sends one error after the first token and never fails over mid-stream', async () => {
     const before = upstream.requests.length;
-    const result = await runner.run(job('mid', 'up', { prompt: 'a b c d', fake_itl_ms: 20, fake_fail: 'reset-after:2' }));
+    const result = await runner.run(
+      job('mid', 'up', { prompt: 'a b c d', fake_itl_ms: 20, fake_fail: 'reset-after:2' }),
+    );
     const msgs = await messages('mid');
     expect(result.outcome).toBe('error');
     expect(msgs.filter((m) => m.t === 'chunk')).toHaveLength(2);

@@ -24,7 +24,7 @@ export class RelayPublisher {
   ) {}
 
   send(payload: Payload): void {
-    const msg = { ...payload, rid: this.rid, att: this.att, seq: this.seq++ } as RelayMessage;
+    const msg = { ...payload, rid: this.rid, att: this.att, seq: this.seq++ };
     this.lastSentAt = this.now();
     this.pending = this.redis.publish(this.channel, JSON.stringify(msg)).then(
       (receivers) => {

@@ -13,7 +13,11 @@ describe('buildRouterConfig', () => {
     const cfg = buildRouterConfig(
       {
         model_list: [
-          entry('qwen', 'openai/Qwen/Qwen2.5-7B', { api_base: 'http://a:8000/v1/', timeout: 120, max_parallel_requests: 4 }),
+          entry('qwen', 'openai/Qwen/Qwen2.5-7B', {
+            api_base: 'http://a:8000/v1/',
+            timeout: 120,
+            max_parallel_requests: 4,
+          }),
           entry('qwen', 'openai/Qwen/Qwen2.5-7B', { api_base: 'http://b:8000/v1' }),
           entry('sim', 'simulator/echo', { ttft_ms: 5, itl_ms: 2 }),
         ],
@@ -51,13 +55,32 @@ describe('buildRouterConfig', () => {
   });
 
   it.each([
-    ['duplicate alias across models', [entry('a', 'simulator/x', {}, { aliases: ['z'] }), entry('b', 'simulator/x', {}, { aliases: ['z'] })], /duplicate alias 'z' is used by both 'a' and 'b'/],
-    ['alias equal to a model name', [entry('a', 'simulator/x', {}, { aliases: ['b'] }), entry('b', 'simulator/x')], /alias 'b' of 'a' clashes/],
-    ['unknown provider', [entry('a', 'anthropic/claude')], /model_list\[0\] \(a\): litellm_params.model: must be "openai/],
+    [
+      'duplicate alias across models',
+      [entry('a', 'simulator/x', {}, { aliases: ['z'] }), entry('b', 'simulator/x', {}, { aliases: ['z'] })],
+      /duplicate alias 'z' is used by both 'a' and 'b'/,
+    ],
+    [
+      'alias equal to a model name',
+      [entry('a', 'simulator/x', {}, { aliases: ['b'] }), entry('b', 'simulator/x')],
+      /alias 'b' of 'a' clashes/,
+    ],
+    [
+      'unknown provider',
+      [entry('a', 'anthropic/claude')],
+      /model_list\[0\] \(a\): litellm_params.model: must be "openai/,
+    ],
     ['openai without api_base', [entry('a', 'openai/x')], /model_list\[0\] \(a\).litellm_params.api_base: required/],
     ['negative timeout', [entry('a', 'simulator/x', { timeout: -1 })], /model_list\[0\] \(a\): litellm_params.timeout/],
     ['missing model_name', [{ litellm_params: { model: 'simulator/x' } }], /model_list\[0\]: model_name/],
-    ['conflicting multipliers', [entry('a', 'simulator/x', {}, { request_limit_multiplier: 2 }), entry('a', 'simulator/y', {}, { request_limit_multiplier: 3 })], /model_list\[1\] \(a\).model_info.request_limit_multiplier: conflicts/],
+    [
+      'conflicting multipliers',
+      [
+        entry('a', 'simulator/x', {}, { request_limit_multiplier: 2 }),
+        entry('a', 'simulator/y', {}, { request_limit_multiplier: 3 }),
+      ],
+      /model_list\[1\] \(a\).model_info.request_limit_multiplier: conflicts/,
+    ],
   ])('refuses %s with a message naming the entry', (_name, list, message) => {
     expect(() => buildRouterConfig({ model_list: list }, {})).toThrow(message);
   });

@@ -10,9 +10,7 @@ import { ConfigError } from './env';
 const secret = z.string().min(1);
 const litellmParamsSchema = z
   .object({
-    model: z
-      .string()
-      .regex(/^(openai|simulator)\/.+$/, 'must be "openai/<upstream model>" or "simulator/<name>"'),
+    model: z.string().regex(/^(openai|simulator)\/.+$/, 'must be "openai/<upstream model>" or "simulator/<name>"'),
     api_base: z.url({ protocol: /^https?$/ }).optional(),
     api_key: secret.optional(),
     timeout: z.number().positive().optional(),
@@ -89,9 +87,7 @@ export class RouterConfig {
 }
 
 function describe(issues: z.core.$ZodIssue[]): string {
-  return issues
-    .map((i) => `${i.path.length > 0 ? i.path.join('.') : '(entry)'}: ${i.message}`)
-    .join('; ');
+  return issues.map((i) => `${i.path.length > 0 ? i.path.join('.') : '(entry)'}: ${i.message}`).join('; ');
 }
 
 function resolveSecret(value: string | undefined, where: string, env: Record<string, string | undefined>) {
