@@ -7,10 +7,8 @@ import { Pool } from 'undici';
  * and the gateway, so the only difference between the two measurements is the gateway itself.
  */
 
+/** What to send; the origin belongs to the Pool. */
 export interface Target {
-  label: string;
-  /** Origin only, e.g. `http://127.0.0.1:8000`. */
-  origin: string;
   /** e.g. `/v1/completions`. */
   path: string;
   headers: Record<string, string>;
@@ -57,7 +55,8 @@ export function percentiles(samples: number[]): Percentiles {
   }
   const sorted = Float64Array.from(samples).sort();
   // Nearest-rank: the smallest sample with at least p% of the samples at or below it.
-  const rank = (p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
+  const rank = (p: number) =>
+    sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
   const sum = sorted.reduce((a, b) => a + b, 0);
   return { p50: rank(50), p99: rank(99), mean: sum / sorted.length, count: sorted.length };
 }
@@ -152,7 +151,12 @@ export async function runNonStream(
  * non-empty text (a role-only or empty frame would flatter the gateway). Every frame is parsed
  * on both sides, so the client's own cost is the same for direct and gateway.
  */
-export async function runStream(pool: Pool, target: Target, concurrency: number, durationMs: number): Promise<StreamResult> {
+export async function runStream(
+  pool: Pool,
+  target: Target,
+  concurrency: number,
+  durationMs: number,
+): Promise<StreamResult> {
   const ttfts: number[] = [];
   const totals: number[] = [];
   const failures = new Map<number, Failure & { count: number }>();

@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { Logger } from '@nestjs/common';
 import Redis from 'ioredis';
 import type { ChunkMessage } from '../libs/common/src/contracts/relay-message';
 import { createControlClient, createControlServer } from '../libs/common/src/redis/control-transport';
@@ -85,9 +86,7 @@ export function chunkMessage(seq: number): ChunkMessage {
     att: 0,
     seq,
     t: 'chunk',
-    choices: [
-      { index: 0, text: ' the quick brown fox jumps over the lazy dog', logprobs: null, finish_reason: null },
-    ],
+    choices: [{ index: 0, text: ' the quick brown fox jumps over the lazy dog', logprobs: null, finish_reason: null }],
     system_fingerprint: 'fp_44709d6fcb',
   };
 }
@@ -134,7 +133,11 @@ async function nestTransport(channel: string, onMessage: () => void): Promise<Tr
     true,
   );
   await new Promise<void>((resolve, reject) => {
-    void server.listen((err?: unknown) => (err === undefined ? resolve() : reject(err as Error)));
+    void server.listen((err?: unknown) =>
+      err === undefined
+        ? resolve()
+        : reject(err instanceof Error ? err : new Error(`listen failed: ${JSON.stringify(err)}`)),
+    );
   });
   await client.connect();
   let failure: Error | undefined;
@@ -193,7 +196,13 @@ interface Totals {
   redisMs: number;
 }
 
-async function measure(transport: Transport, arrivals: Arrivals, n: number, window: number, admin: Redis): Promise<Totals> {
+async function measure(
+  transport: Transport,
+  arrivals: Arrivals,
+  n: number,
+  window: number,
+  admin: Redis,
+): Promise<Totals> {
   const redis0 = await redisCpuMs(admin);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -222,6 +231,8 @@ export async function runRelayTransportBench(
   const messages = Math.min(opts.messages ?? 50_000, 500_000);
   const rounds = opts.rounds ?? 2;
   const window = opts.window ?? 1_000;
+  // The transport logs every (re)connection at LOG level; keep the benchmark output to results.
+  Logger.overrideLogger(['error', 'warn']);
   // No keys are created (pub/sub only), but channels still get a private, unique prefix.
   const prefix = uniquePrefix('bench-relay');
   const admin = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });

@@ -1,13 +1,17 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import Redis from 'ioredis';
 import { redisNames, TokenStore, type TokenCreateOptions } from '../../libs/common/src';
 
-export const ROOT = join(__dirname, '..', '..');
+/** The repository root, whether this file runs from test/support or compiled under dist/. */
+function findRoot(dir: string): string {
+  return existsSync(join(dir, 'package.json')) || dirname(dir) === dir ? dir : findRoot(dirname(dir));
+}
+export const ROOT = findRoot(__dirname);
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ENTRY = {
   gateway: join(ROOT, 'dist/apps/gateway/apps/gateway/src/main.js'),
@@ -110,7 +114,12 @@ export class Stack {
     for (let i = 0; i < (opts.workers ?? 1); i++) {
       stack.addWorker();
     }
-    await stack.waitReady();
+    try {
+      await stack.waitReady();
+    } catch (err) {
+      await stack.stop();
+      throw err;
+    }
     return stack;
   }
 

@@ -6,6 +6,7 @@ import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
 import { CONTROL_SERVER } from './control/control.tokens';
 import { GatewayModule } from './gateway.module';
+import { apiCors } from './http/api-cors';
 import { jsonBody } from './http/json-body';
 import { requestId } from './http/request-id';
 
@@ -14,6 +15,7 @@ async function bootstrap(): Promise<void> {
   const config = app.get(AppConfig);
   app.disable('x-powered-by');
   app.use(requestId);
+  app.use(apiCors());
   app.use(...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
   app.enableShutdownHooks();
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.

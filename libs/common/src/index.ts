@@ -14,3 +14,4 @@ export * from './tokens/token-store';
 export * from './redis/control-transport';
 export * from './redis/redis-url';
 export * from './config/duration';
+export * from './limits/rate-limiter';

@@ -15,6 +15,13 @@ export function redisNames(prefix: string) {
     tokensById: `${prefix}:tokens:by-id`,
     /** Pub/sub inbox of one gateway instance: every chunk for its requests arrives here. */
     gatewayInbox: (gatewayId: string) => `${prefix}:relay:${gatewayId}`,
+    /** HASH of one-second buckets: the token's sliding 60-second rate-limit window. */
+    limiter: (tokenId: string) => `${prefix}:limits:${tokenId}`,
+    /** Stream of usage records (one per request), trimmed by age. */
+    usageLog: `${prefix}:usage:log`,
+    /** HASH of all-time counters per token / per model. */
+    usageByToken: (tokenId: string) => `${prefix}:usage:token:${tokenId}`,
+    usageByModel: (model: string) => `${prefix}:usage:model:${model}`,
     /** Flag that a request was cancelled; the fallback when the control message is lost. */
     cancelFlag: (rid: string) => `${prefix}:cancel:${rid}`,
     /** ZSET worker id → epoch ms of its last heartbeat; lets a fresh gateway see live workers. */

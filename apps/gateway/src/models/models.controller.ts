@@ -12,8 +12,9 @@ export class ModelsController {
     return { object: 'list', data: this.catalog.list(token) };
   }
 
-  @Get(['models/:id', 'v1/models/:id'])
-  retrieve(@Param('id') id: string, @CurrentToken() token: TokenRecord): ModelObject {
-    return this.catalog.retrieve(id, token);
+  /** A wildcard, because model names may contain slashes (`Qwen/Qwen2.5-7B`). */
+  @Get(['models/*id', 'v1/models/*id'])
+  retrieve(@Param('id') id: string | string[], @CurrentToken() token: TokenRecord): ModelObject {
+    return this.catalog.retrieve(Array.isArray(id) ? id.join('/') : id, token);
   }
 }

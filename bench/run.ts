@@ -1,0 +1,359 @@
+import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Pool } from 'undici';
+import { type FakeUpstream, startFakeUpstream } from '../test/support/fake-upstream';
+import { Stack, writeRouterConfig } from '../test/support/stack';
+import { CpuMeter, type CpuSnapshot } from './cpu';
+import {
+  createPool,
+  type Failure,
+  type NonStreamResult,
+  runNonStream,
+  runStream,
+  type StreamResult,
+  type Target,
+} from './load';
+import { formatRelayResult, type RelayBenchResult, runRelayTransportBench, table } from './relay-transport';
+
+/**
+ * `npm run bench`: the cost of the gateway on the request path. The same client and the same
+ * fake upstream are measured twice, once calling the upstream directly and once through a real
+ * gateway + worker (child processes, as in production), so every difference is the gateway's.
+ */
+
+function intEnv(name: string, def: number, min: number, max: number): number {
+  const raw = process.env[name];
+  const n = raw === undefined || raw === '' ? def : Number(raw);
+  if (!Number.isInteger(n)) {
+    throw new Error(`${name} must be an integer, got ${raw}`);
+  }
+  return Math.min(max, Math.max(min, n));
+}
+
+// Clamped so that the whole run (4 measured phases + warm-ups + relay test) stays under 2 minutes.
+const DURATION_MS = intEnv('BENCH_DURATION_MS', 8_000, 500, 15_000);
+const CONCURRENCY = intEnv('BENCH_CONCURRENCY', 16, 1, 256);
+const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 1_000, 0, 5_000);
+const RELAY_MESSAGES = intEnv('BENCH_RELAY_MESSAGES', 50_000, 1_000, 200_000);
+/** Hard stop for everything, cleanup included (Stack.stop itself may take up to 10 s). */
+const WATCHDOG_MS = 110_000;
+
+const NON_STREAM_PROMPT = 'measure the gateway overhead with a short prompt';
+/** 19 words: the fake upstream answers " echo:" + one token per word = 20 tokens. */
+const STREAM_PROMPT =
+  'one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen';
+const STREAM_ITL_MS = 5;
+
+/** Cleanup steps run once, last registered first, whether the run succeeded, failed or timed out. */
+class Cleanup {
+  private readonly steps: { name: string; fn: () => Promise<unknown> | void }[] = [];
+  private running: Promise<void> | undefined;
+
+  add(name: string, fn: () => Promise<unknown> | void): void {
+    this.steps.push({ name, fn });
+  }
+
+  run(): Promise<void> {
+    this.running ??= (async () => {
+      for (const step of this.steps.reverse()) {
+        try {
+          await step.fn();
+        } catch (err) {
+          console.error(`cleanup: ${step.name} failed: ${(err as Error).message}`);
+        }
+      }
+    })();
+    return this.running;
+  }
+}
+
+/** Stack.start stops its own processes and keys when startup fails. */
+function startStack(routerConfig: string): Promise<Stack> {
+  return Stack.start('bench', {
+    routerConfig,
+    env: { LOG_LEVEL: 'warn' },
+    workerEnv: { WORKER_CONCURRENCY: String(Math.max(64, CONCURRENCY * 2)) },
+  });
+}
+
+interface PhasePair<T> {
+  direct: T;
+  gateway: T;
+}
+
+interface CpuReport {
+  requests: number;
+  components: {
+    name: string;
+    gatewayPhaseMs: number;
+    directPhaseMs: number;
+    msPerRequest: number;
+    /** Minus what the component burnt meanwhile in the direct phase (idle loops, other tenants). */
+    netMsPerRequest: number;
+  }[];
+  totalMsPerRequest: number;
+  totalNetMsPerRequest: number;
+  bench: { directMsPerRequest: number; gatewayMsPerRequest: number };
+}
+
+function cpuReport(direct: CpuSnapshot, gateway: CpuSnapshot, d: NonStreamResult, g: NonStreamResult): CpuReport {
+  const scale = g.elapsedMs / d.elapsedMs;
+  const components = ['gateway', 'worker', 'redis'].map((name) => {
+    const gatewayPhaseMs = gateway[name] ?? Number.NaN;
+    const directPhaseMs = direct[name] ?? Number.NaN;
+    return {
+      name,
+      gatewayPhaseMs,
+      directPhaseMs,
+      msPerRequest: gatewayPhaseMs / g.ok,
+      netMsPerRequest: (gatewayPhaseMs - directPhaseMs * scale) / g.ok,
+    };
+  });
+  return {
+    requests: g.ok,
+    components,
+    totalMsPerRequest: components.reduce((s, c) => s + c.msPerRequest, 0),
+    totalNetMsPerRequest: components.reduce((s, c) => s + c.netMsPerRequest, 0),
+    bench: {
+      directMsPerRequest: (direct.bench ?? Number.NaN) / d.ok,
+      gatewayMsPerRequest: (gateway.bench ?? Number.NaN) / g.ok,
+    },
+  };
+}
+
+const ms = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
+const ratio = (a: number, b: number, label: string) => `${(a / b).toFixed(2)}x (${label})`;
+
+function failureLines(label: string, failures: Map<number, Failure & { count: number }>): string[] {
+  return [...failures.values()].map(
+    (f) => `  ${label}: ${f.count} x ${f.status === 0 ? 'transport error' : `status ${f.status}`}: ${f.sample}`,
+  );
+}
+
+function report(
+  ns: PhasePair<NonStreamResult>,
+  st: PhasePair<StreamResult>,
+  cpu: CpuReport,
+  relay: RelayBenchResult | undefined,
+  relayError: string | undefined,
+): void {
+  const c = CONCURRENCY;
+  const rows = [
+    ['metric', 'direct', 'gateway', 'ratio'],
+    [
+      `non-stream req/s (c=${c})`,
+      ns.direct.rps.toFixed(0),
+      ns.gateway.rps.toFixed(0),
+      ratio(ns.direct.rps, ns.gateway.rps, 'direct/gateway'),
+    ],
+    [
+      'non-stream latency p50 ms',
+      ms(ns.direct.latencyMs.p50),
+      ms(ns.gateway.latencyMs.p50),
+      ratio(ns.gateway.latencyMs.p50, ns.direct.latencyMs.p50, 'gateway/direct'),
+    ],
+    [
+      'non-stream latency p99 ms',
+      ms(ns.direct.latencyMs.p99),
+      ms(ns.gateway.latencyMs.p99),
+      ratio(ns.gateway.latencyMs.p99, ns.direct.latencyMs.p99, 'gateway/direct'),
+    ],
+    ['non-stream ok / sent', `${ns.direct.ok}/${ns.direct.requests}`, `${ns.gateway.ok}/${ns.gateway.requests}`, ''],
+    [
+      `stream TTFT p50 ms (c=${c})`,
+      ms(st.direct.ttftMs.p50),
+      ms(st.gateway.ttftMs.p50),
+      ratio(st.gateway.ttftMs.p50, st.direct.ttftMs.p50, 'gateway/direct'),
+    ],
+    [
+      'stream TTFT p99 ms',
+      ms(st.direct.ttftMs.p99),
+      ms(st.gateway.ttftMs.p99),
+      ratio(st.gateway.ttftMs.p99, st.direct.ttftMs.p99, 'gateway/direct'),
+    ],
+    [
+      'stream total p50 ms',
+      ms(st.direct.totalMs.p50),
+      ms(st.gateway.totalMs.p50),
+      ratio(st.gateway.totalMs.p50, st.direct.totalMs.p50, 'gateway/direct'),
+    ],
+    ['stream text frames/stream', st.direct.tokensPerStream.toFixed(1), st.gateway.tokensPerStream.toFixed(1), ''],
+    ['streams ok / sent', `${st.direct.ok}/${st.direct.streams}`, `${st.gateway.ok}/${st.gateway.streams}`, ''],
+  ];
+  console.log(
+    `\nGateway vs direct upstream: ${DURATION_MS} ms per phase, concurrency ${c}, ${STREAM_ITL_MS} ms between stream tokens`,
+  );
+  console.log(table(rows));
+  console.log(
+    `\nadded TTFT p50: ${ms(st.gateway.ttftMs.p50 - st.direct.ttftMs.p50)} ms` +
+      `   added TTFT p99: ${ms(st.gateway.ttftMs.p99 - st.direct.ttftMs.p99)} ms` +
+      `   added non-stream latency p50: ${ms(ns.gateway.latencyMs.p50 - ns.direct.latencyMs.p50)} ms`,
+  );
+
+  const cpuRows = [
+    ['component', 'CPU ms (gateway phase)', 'ms/request', 'CPU ms (direct phase: background)', 'net ms/request'],
+    ...cpu.components.map((x) => [
+      x.name,
+      ms(x.gatewayPhaseMs),
+      ms(x.msPerRequest),
+      ms(x.directPhaseMs),
+      ms(x.netMsPerRequest),
+    ]),
+    ['total gateway+worker+redis', '', ms(cpu.totalMsPerRequest), '', ms(cpu.totalNetMsPerRequest)],
+  ];
+  console.log(
+    `\nCPU per non-stream request through the gateway (${cpu.requests} requests; redis is shared, so net = minus the direct-phase background)`,
+  );
+  console.log(table(cpuRows));
+  console.log(
+    `bench process (client + fake upstream, same work both ways): ${ms(cpu.bench.directMsPerRequest)} ms/request direct, ` +
+      `${ms(cpu.bench.gatewayMsPerRequest)} ms/request via gateway`,
+  );
+
+  const failures = [
+    ...failureLines('direct non-stream', ns.direct.failures),
+    ...failureLines('gateway non-stream', ns.gateway.failures),
+    ...failureLines('direct stream', st.direct.failures),
+    ...failureLines('gateway stream', st.gateway.failures),
+  ];
+  if (failures.length > 0) {
+    console.log('\nFAILURES:');
+    console.log(failures.join('\n'));
+  }
+  if (relay !== undefined) {
+    console.log(`\n${formatRelayResult(relay)}`);
+  } else {
+    console.log(`\nrelay transport benchmark failed: ${relayError ?? 'unknown error'}`);
+  }
+}
+
+const failureJson = (m: Map<number, Failure & { count: number }>) => [...m.values()];
+const nonStreamJson = (r: NonStreamResult) => ({ ...r, failures: failureJson(r.failures) });
+const streamJson = (r: StreamResult) => ({ ...r, failures: failureJson(r.failures) });
+
+async function main(cleanup: Cleanup): Promise<void> {
+  const upstream: FakeUpstream = await startFakeUpstream({ record: false });
+  cleanup.add('fake upstream', () => upstream.close());
+
+  const routerConfig = writeRouterConfig(`
+model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/fake-model
+      api_base: ${upstream.url}
+`);
+  cleanup.add('router config', () => rmSync(dirname(routerConfig), { recursive: true, force: true }));
+
+  const stack = await startStack(routerConfig);
+  cleanup.add('stack', () => stack.stop());
+  const key = await stack.createKey({ name: 'bench' });
+  const gatewayPid = stack.gateway.child.pid;
+  const workerPid = stack.workers[0]?.child.pid;
+  if (gatewayPid === undefined || workerPid === undefined) {
+    throw new Error('gateway or worker has no pid');
+  }
+  console.log(
+    `stack up: prefix ${stack.prefix}, gateway pid ${gatewayPid}, worker pid ${workerPid}, upstream ${upstream.url}`,
+  );
+
+  const directPool = createPool(`http://127.0.0.1:${upstream.port}`, CONCURRENCY);
+  const gatewayPool = createPool(stack.baseUrl, CONCURRENCY);
+  cleanup.add('http pools', () => Promise.allSettled([directPool.close(), gatewayPool.close()]));
+
+  // Identical bodies except the model name: the worker rewrites `bench` to `fake-model`.
+  const targets = (extra: Record<string, unknown>): PhasePair<Target> => ({
+    direct: { path: '/v1/completions', headers: {}, body: { model: 'fake-model', ...extra } },
+    gateway: {
+      path: '/v1/completions',
+      headers: { authorization: `Bearer ${key}` },
+      body: { model: 'bench', ...extra },
+    },
+  });
+  const nsTargets = targets({ prompt: NON_STREAM_PROMPT, max_tokens: 16 });
+  const stTargets = targets({ prompt: STREAM_PROMPT, max_tokens: 20, fake_itl_ms: STREAM_ITL_MS });
+  const pools: PhasePair<Pool> = { direct: directPool, gateway: gatewayPool };
+
+  if (WARMUP_MS > 0) {
+    for (const side of ['direct', 'gateway'] as const) {
+      await runNonStream(pools[side], nsTargets[side], CONCURRENCY, WARMUP_MS);
+      await runStream(pools[side], stTargets[side], CONCURRENCY, WARMUP_MS / 2);
+    }
+  }
+
+  const meter = new CpuMeter({ gateway: gatewayPid, worker: workerPid }, stack.redis);
+  const measured = async (side: 'direct' | 'gateway') => {
+    const before = await meter.sample();
+    const result = await runNonStream(pools[side], nsTargets[side], CONCURRENCY, DURATION_MS);
+    return { result, cpu: CpuMeter.delta(before, await meter.sample()) };
+  };
+  const nsDirect = await measured('direct');
+  const nsGateway = await measured('gateway');
+  const ns = { direct: nsDirect.result, gateway: nsGateway.result };
+  const cpu = cpuReport(nsDirect.cpu, nsGateway.cpu, ns.direct, ns.gateway);
+
+  const st: PhasePair<StreamResult> = {
+    direct: await runStream(pools.direct, stTargets.direct, CONCURRENCY, DURATION_MS),
+    gateway: await runStream(pools.gateway, stTargets.gateway, CONCURRENCY, DURATION_MS),
+  };
+
+  const gatewayLog = stack.gateway.output().trim();
+  const workerLog = stack.workers
+    .map((w) => w.output().trim())
+    .join('\n')
+    .trim();
+  // Stop the stack before the relay micro-benchmark so idle processes do not share its CPU.
+  await cleanup.run();
+
+  let relay: RelayBenchResult | undefined;
+  let relayError: string | undefined;
+  try {
+    relay = await runRelayTransportBench({ messages: RELAY_MESSAGES });
+  } catch (err) {
+    relayError = (err as Error).message;
+  }
+
+  report(ns, st, cpu, relay, relayError);
+  // Only warnings and errors: Nest prints its boot lines at LOG level whatever LOG_LEVEL says.
+  for (const [name, log] of [
+    ['gateway', gatewayLog],
+    ['worker', workerLog],
+  ] as const) {
+    const lines = log.split('\n').filter((l) => /\b(WARN|ERROR|FATAL)\b/.test(l));
+    if (lines.length > 0) {
+      console.log(`\n${name} warnings/errors (${lines.length}, last ${Math.min(20, lines.length)}):`);
+      console.log(lines.slice(-20).join('\n'));
+    }
+  }
+  console.log(
+    JSON.stringify({
+      bench: 'aqueduct-gateway',
+      config: { durationMs: DURATION_MS, concurrency: CONCURRENCY, warmupMs: WARMUP_MS, streamItlMs: STREAM_ITL_MS },
+      nonStream: { direct: nonStreamJson(ns.direct), gateway: nonStreamJson(ns.gateway) },
+      stream: { direct: streamJson(st.direct), gateway: streamJson(st.gateway) },
+      addedTtftP50Ms: st.gateway.ttftMs.p50 - st.direct.ttftMs.p50,
+      cpuPerRequestMs: cpu,
+      relayTransport: relay ?? { error: relayError },
+    }),
+  );
+}
+
+const cleanup = new Cleanup();
+const abort = (why: string) => {
+  console.error(`bench: ${why}, cleaning up`);
+  void cleanup.run().finally(() => process.exit(2));
+};
+const watchdog = setTimeout(() => abort(`still running after ${WATCHDOG_MS} ms`), WATCHDOG_MS);
+process.once('SIGINT', () => abort('SIGINT'));
+process.once('SIGTERM', () => abort('SIGTERM'));
+
+main(cleanup)
+  .then(() => cleanup.run())
+  .then(() => {
+    clearTimeout(watchdog);
+    process.exit(0);
+  })
+  .catch(async (err: unknown) => {
+    console.error('bench failed:', err);
+    await cleanup.run();
+    process.exit(1);
+  });

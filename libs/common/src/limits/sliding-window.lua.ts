@@ -1,0 +1,83 @@
+/**
+ * Atomic per-token limit check over a sliding 60-second window kept as one-second buckets
+ * in a single HASH: fields r:<sec> (request weight), i:<sec> (input tokens), o:<sec>
+ * (output tokens). Checking and reserving the request weight happen in one script, so
+ * concurrent requests cannot all pass (the race of a read-then-write check).
+ *
+ * KEYS[1] limiter hash; ARGV: now_ms, weight, rpm, itpm, otpm (a limit < 0 = no limit).
+ * Returns { denied (0 ok | 1 requests | 2 input tokens | 3 output tokens),
+ *           request weight used (a string: Lua numbers become integers), input used,
+ *           output used, ms until the refused request would pass,
+ *           ms until the request, input and output budgets are whole again }.
+ * Kept in a TypeScript string so that the build ships it without copying assets.
+ */
+export const SLIDING_WINDOW_LUA = `
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local weight = tonumber(ARGV[2])
+local rpm = tonumber(ARGV[3])
+local itpm = tonumber(ARGV[4])
+local otpm = tonumber(ARGV[5])
+local sec = math.floor(now / 1000)
+local oldest = sec - 59
+
+local per = { r = {}, i = {}, o = {} }
+local used = { r = 0, i = 0, o = 0 }
+local stale = {}
+local fields = redis.call('HGETALL', key)
+for n = 1, #fields, 2 do
+  local f = fields[n]
+  local kind = string.sub(f, 1, 1)
+  local s = tonumber(string.sub(f, 3))
+  local v = tonumber(fields[n + 1])
+  if s == nil or per[kind] == nil or s < oldest then
+    stale[#stale + 1] = f
+  else
+    per[kind][s] = (per[kind][s] or 0) + v
+    used[kind] = used[kind] + v
+  end
+end
+if #stale > 0 then
+  redis.call('HDEL', key, unpack(stale))
+end
+
+-- ms until the usage of one kind drops to target, as old buckets leave the window
+local function wait_until(kind, target)
+  local total = used[kind]
+  if total <= target + 1e-9 then
+    return 0
+  end
+  for s = oldest, sec do
+    total = total - (per[kind][s] or 0)
+    if total <= target + 1e-9 then
+      return (s + 60) * 1000 - now
+    end
+  end
+  return 60000
+end
+
+local denied = 0
+if rpm >= 0 and used.r + weight > rpm + 1e-9 then
+  denied = 1
+elseif itpm >= 0 and used.i >= itpm then
+  denied = 2
+elseif otpm >= 0 and used.o >= otpm then
+  denied = 3
+end
+if denied == 0 and rpm >= 0 then
+  redis.call('HINCRBYFLOAT', key, 'r:' .. sec, weight)
+  used.r = used.r + weight
+  per.r[sec] = (per.r[sec] or 0) + weight
+end
+redis.call('PEXPIRE', key, 61000)
+
+local retry = 0
+if denied == 1 then
+  retry = wait_until('r', math.max(rpm - weight, 0))
+elseif denied == 2 then
+  retry = wait_until('i', itpm - 1)
+elseif denied == 3 then
+  retry = wait_until('o', otpm - 1)
+end
+return { denied, tostring(used.r), used.i, used.o, retry, wait_until('r', 0), wait_until('i', 0), wait_until('o', 0) }
+`;
