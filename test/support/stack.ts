@@ -86,6 +86,8 @@ export class Stack {
   readonly tokens: TokenStore;
   gateway!: ProcessHandle;
   readonly workers: ProcessHandle[] = [];
+  /** Further gateway instances (same Redis, same prefix), with their base URLs. */
+  readonly extraGateways: { handle: ProcessHandle; baseUrl: string }[] = [];
   private readonly env: Record<string, string>;
 
   private constructor(
@@ -133,40 +135,61 @@ export class Stack {
     return w;
   }
 
+  /** Starts another gateway instance on its own port and waits until it is ready. */
+  async addGateway(): Promise<string> {
+    const port = await freePort();
+    const handle = launch('gateway', { ...this.env, PORT: String(port) });
+    const baseUrl = `http://127.0.0.1:${port}`;
+    this.extraGateways.push({ handle, baseUrl });
+    await waitFor(baseUrl, handle, 30_000);
+    return baseUrl;
+  }
+
   async createKey(opts: Partial<TokenCreateOptions> = {}): Promise<string> {
     const { key } = await this.tokens.create({ name: 'test', ...opts });
     return key;
   }
 
-  /** Until /ready is 200: Redis reachable and `workers` workers alive. */
+  /** Until /ready is 200: Redis reachable and a worker alive. */
   async waitReady(timeoutMs = 30_000): Promise<void> {
-    const until = Date.now() + timeoutMs;
-    let last = '';
-    while (Date.now() < until) {
-      if (this.gateway.child.exitCode !== null) {
-        throw new Error(`gateway exited during startup:\n${this.gateway.output()}`);
-      }
-      try {
-        const res = await fetch(`${this.baseUrl}/ready`);
-        last = await res.text();
-        if (res.status === 200) {
-          return;
-        }
-      } catch (err) {
-        last = String(err);
-      }
-      await new Promise((r) => setTimeout(r, 100));
+    try {
+      await waitFor(this.baseUrl, this.gateway, timeoutMs);
+    } catch (err) {
+      const workers = this.workers.map((w) => w.output()).join('\n');
+      throw new Error(`${(err as Error).message}\n--- workers ---\n${workers}`);
     }
-    throw new Error(
-      `stack not ready: ${last}\n--- gateway ---\n${this.gateway.output()}\n--- workers ---\n${this.workers.map((w) => w.output()).join('\n')}`,
-    );
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.gateway.stop(), ...this.workers.map((w) => w.stop())]);
+    await Promise.all([
+      this.gateway.stop(),
+      ...this.extraGateways.map((g) => g.handle.stop()),
+      ...this.workers.map((w) => w.stop()),
+    ]);
     await deleteByPrefix(this.redis, this.prefix);
     await this.redis.quit();
   }
+}
+
+async function waitFor(baseUrl: string, gateway: ProcessHandle, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < until) {
+    if (gateway.child.exitCode !== null) {
+      throw new Error(`gateway exited during startup:\n${gateway.output()}`);
+    }
+    try {
+      const res = await fetch(`${baseUrl}/ready`);
+      last = await res.text();
+      if (res.status === 200) {
+        return;
+      }
+    } catch (err) {
+      last = String(err);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`gateway not ready: ${last}\n--- gateway ---\n${gateway.output()}`);
 }
 
 export async function deleteByPrefix(redis: Redis, prefix: string): Promise<void> {

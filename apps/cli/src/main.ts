@@ -1,19 +1,27 @@
-import { closeRedis, ConfigError, createRedis, loadEnv, redisNames, TokenStore } from '@app/common';
+import { closeRedis, ConfigError, createRedis, loadEnv, redisNames, TokenStore, UsageStore } from '@app/common';
 import { Command } from 'commander';
 import type Redis from 'ioredis';
 import { registerTokenCommands } from './token-commands';
+import { registerUsageCommand } from './usage-command';
 
 /** The operator CLI (`npx aqueduct …`): talks to the same Redis as the gateway. */
 async function main(argv: string[]): Promise<void> {
   let redis: Redis | undefined;
-  const store = async (): Promise<TokenStore> => {
-    const env = loadEnv();
-    redis = createRedis(env.REDIS_URL, 'command', 'aqueduct-cli');
+  const env = () => loadEnv();
+  const connect = async (): Promise<Redis> => {
+    redis = createRedis(env().REDIS_URL, 'command', 'aqueduct-cli');
     await waitReady(redis);
-    return new TokenStore(redis, redisNames(env.AQUEDUCT_REDIS_PREFIX));
+    return redis;
   };
+  const names = () => redisNames(env().AQUEDUCT_REDIS_PREFIX);
+  const print = (line: string) => process.stdout.write(`${line}\n`);
   const program = new Command('aqueduct').description('Aqueduct operator CLI').showHelpAfterError();
-  registerTokenCommands(program, store, (line) => process.stdout.write(`${line}\n`));
+  registerTokenCommands(program, async () => new TokenStore(await connect(), names()), print);
+  registerUsageCommand(
+    program,
+    async () => new UsageStore(await connect(), names(), env().AQUEDUCT_USAGE_RETENTION_HOURS * 3_600_000),
+    print,
+  );
   try {
     await program.parseAsync(argv);
   } finally {

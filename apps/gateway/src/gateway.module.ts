@@ -15,6 +15,8 @@ import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import { PassportModule } from '@nestjs/passport';
 import type Redis from 'ioredis';
+import { AdminController } from './admin/admin.controller';
+import { AdminGuard } from './admin/admin.guard';
 import { BearerAuthGuard } from './auth/bearer-auth.guard';
 import { BearerStrategy } from './auth/bearer.strategy';
 import { TokenAuthService } from './auth/token-auth.service';
@@ -28,6 +30,9 @@ import { RouteTable } from './http/route-table';
 import { ModelCatalog } from './models/model-catalog.service';
 import { ModelsController } from './models/models.controller';
 import { CompletionQueue } from './queue/completion-queue.service';
+import { QueueDepth } from './queue/queue-depth.service';
+import { LimitsService } from './limits/limits.service';
+import { GatewayUsage } from './usage/usage.service';
 import { REDIS_COMMAND } from './redis/redis.tokens';
 import { RelayService } from './relay/relay.service';
 import { WorkerRegistry } from './workers/worker-registry.service';
@@ -47,7 +52,7 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     }),
     BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
   ],
-  controllers: [CompletionsController, ModelsController, HealthController],
+  controllers: [CompletionsController, ModelsController, HealthController, AdminController],
   providers: [
     Clock,
     {
@@ -75,9 +80,13 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     { provide: APP_GUARD, useClass: BearerAuthGuard },
     { provide: APP_FILTER, useClass: OpenAIExceptionFilter },
     RouteTable,
+    AdminGuard,
     ModelCatalog,
     RelayService,
     CompletionQueue,
+    QueueDepth,
+    LimitsService,
+    GatewayUsage,
     ControlService,
     WorkerRegistry,
     CompletionsService,

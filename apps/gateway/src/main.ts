@@ -14,9 +14,13 @@ async function bootstrap(): Promise<void> {
   const app = await NestFactory.create<NestExpressApplication>(GatewayModule, { bodyParser: false });
   const config = app.get(AppConfig);
   app.disable('x-powered-by');
+  // req.ip believes X-Forwarded-For only from the configured proxies.
+  app.set('trust proxy', config.env.AQUEDUCT_TRUSTED_PROXIES.length > 0 ? config.env.AQUEDUCT_TRUSTED_PROXIES : false);
   app.use(requestId);
   app.use(apiCors());
-  app.use(...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
+  // Bodies are parsed only where a route takes one, so an unknown route is a 404, not a 415.
+  const bodyRoutes = ['/completions', '/v1/completions', ...(config.env.AQUEDUCT_ADMIN_KEY ? ['/admin'] : [])];
+  app.use(bodyRoutes, ...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
   app.enableShutdownHooks();
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) }, { inheritAppConfig: true });

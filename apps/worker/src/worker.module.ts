@@ -18,6 +18,7 @@ import { CompletionProcessor } from './completions/completion.processor';
 import { CancellationRegistry } from './control/cancellation.registry';
 import { HeartbeatService } from './control/heartbeat.service';
 import { CONTROL_CLIENT, CONTROL_SERVER, REDIS_PUBLISHER } from './tokens';
+import { WorkerUsage } from './usage/worker-usage.service';
 import { WorkerIdentity } from './worker-identity';
 
 @Module({
@@ -59,6 +60,7 @@ import { WorkerIdentity } from './worker-identity';
     },
     CancellationRegistry,
     HeartbeatService,
+    WorkerUsage,
     CompletionRunner,
     CompletionProcessor,
   ],

@@ -15,3 +15,5 @@ export * from './redis/control-transport';
 export * from './redis/redis-url';
 export * from './config/duration';
 export * from './limits/rate-limiter';
+export * from './usage/usage-record';
+export * from './usage/usage-store';

@@ -26,7 +26,8 @@ export const completionRequestSchema = z
     top_p: num(0, 1),
     n: int(1, 128),
     stream: z.boolean().nullish(),
-    stream_options: z.strictObject({ include_usage: z.boolean().nullish() }).nullish(),
+    // Loose: newer options (e.g. include_obfuscation) must not break older gateways.
+    stream_options: z.looseObject({ include_usage: z.boolean().nullish() }).nullish(),
     logprobs: int(0, 5),
     echo: z.boolean().nullish(),
     stop: z.union([z.string(), z.array(z.string()).min(1).max(4, 'may contain at most 4 sequences')]).nullish(),
@@ -73,7 +74,7 @@ export interface ParsedCompletion {
 export function parseCompletionRequest(body: unknown): ParsedCompletion {
   const result = completionRequestSchema.safeParse(body);
   if (!result.success) {
-    throw toApiError(result.error);
+    throw toApiError(result.error, body as Record<string, unknown>);
   }
   const r = result.data;
   const params: Record<string, unknown> = {};
@@ -91,7 +92,7 @@ export function parseCompletionRequest(body: unknown): ParsedCompletion {
   };
 }
 
-function toApiError(error: z.ZodError): ApiError {
+function toApiError(error: z.ZodError, body: Record<string, unknown>): ApiError {
   const issue = error.issues[0];
   if (issue === undefined) {
     return ApiError.invalid('Invalid request body.');
@@ -104,7 +105,7 @@ function toApiError(error: z.ZodError): ApiError {
   if (param === null) {
     return ApiError.invalid(`Invalid request: ${issue.message}.`);
   }
-  if (issue.code === 'invalid_type' && issue.input === undefined) {
+  if (issue.code === 'invalid_type' && body[param] === undefined) {
     return ApiError.invalid(`Missing required parameter: '${param}'.`, param);
   }
   const detail = issue.code === 'invalid_union' ? describeUnion(param) : issue.message;

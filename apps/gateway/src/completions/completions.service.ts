@@ -4,17 +4,21 @@ import {
   Clock,
   COMPLETION_JOB_VERSION,
   type CancelCommand,
-  type CompletionJobData,
   type ModelEntry,
   type RelayMessage,
+  type RequestMeta,
   type TokenRecord,
+  type UsageOutcome,
 } from '@app/common';
 import { Injectable } from '@nestjs/common';
 import type { Request, Response } from 'express';
 import { ControlService } from '../control/control.service';
+import { LimitsService, RateLimitError } from '../limits/limits.service';
 import { ModelCatalog } from '../models/model-catalog.service';
 import { CompletionQueue } from '../queue/completion-queue.service';
+import { QueueDepth } from '../queue/queue-depth.service';
 import { RelayService } from '../relay/relay.service';
+import { GatewayUsage } from '../usage/usage.service';
 import { WorkerRegistry } from '../workers/worker-registry.service';
 import { parseCompletionRequest, type ParsedCompletion } from './completion-request';
 import { JsonResponder } from './json-responder';
@@ -25,8 +29,9 @@ const MAX_BUFFERED_BYTES = 1024 * 1024;
 const DEADLINE_GRACE_MS = 2_000;
 
 /**
- * One completion from request to response: validate, resolve the model, register the
- * relay session, enqueue, then let a responder turn relay messages into HTTP.
+ * One completion from request to response: validate, resolve the model, admit (workers,
+ * queue depth, rate limits), register the relay session, enqueue, then let a responder
+ * turn relay messages into HTTP.
  */
 @Injectable()
 export class CompletionsService {
@@ -36,35 +41,80 @@ export class CompletionsService {
     private readonly models: ModelCatalog,
     private readonly relay: RelayService,
     private readonly queue: CompletionQueue,
+    private readonly depth: QueueDepth,
     private readonly control: ControlService,
     private readonly workers: WorkerRegistry,
+    private readonly limits: LimitsService,
+    private readonly usage: GatewayUsage,
   ) {}
 
   /** Resolves when the response has been fully written (or the client went away). */
   async complete(req: Request, res: Response, token: TokenRecord): Promise<void> {
-    const request = parseCompletionRequest(req.body);
-    const model = this.models.resolve(request.model, token);
-    this.admit();
+    const meta: RequestMeta = {
+      route: req.path,
+      startedAt: this.clock.now(),
+      ip: req.ip ?? null,
+      userAgent: req.headers['user-agent']?.slice(0, 256) ?? null,
+      user: null,
+      userId: null,
+    };
+    let model: ModelEntry | undefined;
+    try {
+      const request = parseCompletionRequest(req.body);
+      meta.user = typeof request.params.user === 'string' ? request.params.user.slice(0, 256) : null;
+      meta.userId = request.userId?.slice(0, 256) ?? null;
+      model = this.models.resolve(request.model, token);
+      this.admit();
+      const headers = await this.limits.enforce(token, model, meta.startedAt);
+      for (const [name, value] of Object.entries(headers)) {
+        res.setHeader(name, value);
+      }
+      return await this.run(res, token, request, model, meta);
+    } catch (err) {
+      if (err instanceof RateLimitError) {
+        for (const [name, value] of Object.entries(err.headers)) {
+          res.setHeader(name, value);
+        }
+      }
+      const status = err instanceof ApiError ? err.status : 500;
+      this.record(req.rid, meta, token, model?.name ?? '', status, 'error');
+      throw err;
+    }
+  }
 
-    const rid = req.rid;
-    const now = this.clock.now();
-    const meta = { id: `cmpl-${rid}`, created: Math.floor(now / 1000), model: model.name };
+  private run(
+    res: Response,
+    token: TokenRecord,
+    request: ParsedCompletion,
+    model: ModelEntry,
+    meta: RequestMeta,
+  ): Promise<void> {
+    const rid = res.req.rid;
+    const now = meta.startedAt;
+    const responseMeta = { id: `cmpl-${rid}`, created: Math.floor(now / 1000), model: model.name };
     const cancel = (reason: CancelCommand['reason']) => this.control.cancel({ rid, reason });
     const responder = request.stream
-      ? new SseResponder(res, meta, {
+      ? new SseResponder(res, responseMeta, {
           includeUsage: request.includeUsage,
           commitTimeoutMs: this.config.env.AQUEDUCT_COMMIT_TIMEOUT_MS,
           maxBufferedBytes: MAX_BUFFERED_BYTES,
           onSlowClient: () => cancel('slow_client'),
         })
-      : new JsonResponder(res, meta);
-
+      : new JsonResponder(res, responseMeta);
     const deadline = now + this.timeoutMs(model);
+
+    // A job that never reached a worker is logged here; one that did, by its worker.
+    const withdraw = async (att: number, status: number, outcome: UsageOutcome) => {
+      if (await this.queue.removeIfWaiting(rid, att)) {
+        this.record(rid, meta, token, model.name, status, outcome);
+      }
+    };
+
     const done = new Promise<void>((resolve) => {
       const session = this.relay.open(rid, (msg: RelayMessage) => responder.onMessage(msg));
       const deadlineTimer = setTimeout(
         () => {
-          void this.queue.removeIfWaiting(rid, session.attempt);
+          void withdraw(session.attempt, 504, 'timeout');
           cancel('timeout');
           session.fail(504, 'The completion did not finish within its timeout.', 'timeout');
         },
@@ -74,22 +124,35 @@ export class CompletionsService {
         clearTimeout(deadlineTimer);
         this.relay.close(rid);
         if (!responder.finished) {
-          void this.queue.removeIfWaiting(rid, session.attempt);
+          void withdraw(session.attempt, 499, 'client_disconnected');
           cancel('client_disconnected');
         }
         resolve();
       });
     });
 
-    try {
-      await this.queue.enqueue(this.jobData(rid, request, model, deadline, token));
-    } catch (err) {
-      responder.fail(err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.'));
-    }
+    this.queue
+      .enqueue({
+        v: COMPLETION_JOB_VERSION,
+        rid,
+        att: 0,
+        replyTo: this.relay.inbox,
+        model: model.name,
+        stream: request.stream,
+        params: request.params,
+        deadline,
+        tokenId: token.id,
+        meta,
+      })
+      .catch((err: unknown) => {
+        const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
+        this.record(rid, meta, token, model.name, error.status, 'error');
+        responder.fail(error);
+      });
     return done;
   }
 
-  /** Refuses at once when no worker is alive instead of queueing into the void. */
+  /** Refuses at once when no worker is alive or the queue is too deep, instead of queueing into the void. */
   private admit(): void {
     if (this.workers.alive().length === 0) {
       throw ApiError.server(
@@ -99,6 +162,7 @@ export class CompletionsService {
         2_000,
       );
     }
+    this.depth.admit();
   }
 
   /** A deployment's own timeout wins over the global default; several deployments → the longest. */
@@ -109,23 +173,32 @@ export class CompletionsService {
       : Math.max(this.config.env.AQUEDUCT_REQUEST_TIMEOUT_MS, ...own);
   }
 
-  private jobData(
+  private record(
     rid: string,
-    request: ParsedCompletion,
-    model: ModelEntry,
-    deadline: number,
+    meta: RequestMeta,
     token: TokenRecord,
-  ): CompletionJobData {
-    return {
-      v: COMPLETION_JOB_VERSION,
+    model: string,
+    status: number,
+    outcome: UsageOutcome,
+  ): void {
+    this.usage.record({
       rid,
-      att: 0,
-      replyTo: this.relay.inbox,
-      model: model.name,
-      stream: request.stream,
-      params: request.params,
-      deadline,
-      tokenId: token.id,
-    };
+      token_id: token.id,
+      model,
+      deployment: null,
+      route: meta.route,
+      status,
+      outcome,
+      started_at: meta.startedAt,
+      latency_ms: this.clock.now() - meta.startedAt,
+      ttft_ms: null,
+      prompt_tokens: 0,
+      completion_tokens: 0,
+      usage_estimated: false,
+      user: meta.user,
+      user_id: meta.userId,
+      ip: meta.ip,
+      user_agent: meta.userAgent,
+    });
   }
 }

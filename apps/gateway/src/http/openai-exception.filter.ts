@@ -1,4 +1,4 @@
-import { ApiError } from '@app/common';
+import { ApiError, AppConfig } from '@app/common';
 import { type ArgumentsHost, Catch, type ExceptionFilter, HttpException, Logger } from '@nestjs/common';
 import type { Request, Response } from 'express';
 import { errorTypeForStatus, sendApiError } from './error-response';
@@ -12,7 +12,10 @@ import { RouteTable } from './route-table';
 export class OpenAIExceptionFilter implements ExceptionFilter {
   private readonly logger = new Logger('Errors');
 
-  constructor(private readonly routes: RouteTable) {}
+  constructor(
+    private readonly routes: RouteTable,
+    private readonly config: AppConfig,
+  ) {}
 
   catch(exception: unknown, host: ArgumentsHost): void {
     const res = host.switchToHttp().getResponse<Response>();
@@ -32,7 +35,9 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
     if (exception instanceof HttpException) {
       const status = exception.getStatus();
       if (status === 404 && this.isRouteNotFound(exception)) {
-        const allowed = this.routes.allowedMethods(req.path);
+        // Without an admin key the admin API does not exist, for any method.
+        const hidden = this.config.env.AQUEDUCT_ADMIN_KEY === undefined && /^\/admin(\/|$)/.test(req.path);
+        const allowed = hidden ? [] : this.routes.allowedMethods(req.path);
         if (allowed.length > 0) {
           res.setHeader('allow', allowed.join(', '));
           return new ApiError(

@@ -60,7 +60,9 @@ export class RouteTable implements OnApplicationBootstrap {
 
   private toRegExp(path: string): RegExp {
     const clean = `/${path.split('/').filter(Boolean).join('/')}`;
-    const source = clean.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/:[A-Za-z_]+/g, '[^/]+')
+    const source = clean
+      .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
+      .replace(/:[A-Za-z_]+/g, '[^/]+')
       .replace(/\*[A-Za-z_]+/g, '.+');
     return new RegExp(`^${source}/?$`);
   }

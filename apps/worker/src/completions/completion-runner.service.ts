@@ -7,6 +7,8 @@ import {
   type CompletionJobResult,
   type Deployment,
   type ModelEntry,
+  type Usage,
+  type UsageOutcome,
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
 import type Redis from 'ioredis';
@@ -14,8 +16,20 @@ import { BackendError } from '../backends/backend-error';
 import { BackendRegistry } from '../backends/backend-registry';
 import { CancellationRegistry, CancelledError } from '../control/cancellation.registry';
 import { InjectPublisher } from '../tokens';
+import { estimatePromptTokens } from '../usage/usage-estimate';
+import { WorkerUsage } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
 import { RelayPublisher } from './relay-publisher';
+
+/** What one job produced, for its usage record. */
+interface JobState {
+  deployment?: string;
+  usage: Usage | null;
+  firstTokenAt?: number;
+  /** Text pieces sent, for estimating usage when the backend reports none. */
+  pieces: number;
+  chars: number;
+}
 
 class DeadlineError extends Error {}
 class RelayLostError extends Error {}
@@ -37,31 +51,36 @@ export class CompletionRunner {
     private readonly identity: WorkerIdentity,
     private readonly cancellations: CancellationRegistry,
     private readonly backends: BackendRegistry,
+    private readonly usage: WorkerUsage,
     @InjectPublisher() private readonly redis: Redis,
   ) {}
 
   async run(data: CompletionJobData): Promise<CompletionJobResult> {
+    const state: JobState = { usage: null, pieces: 0, chars: 0 };
     const abort = this.cancellations.register(data.rid);
     if (abort === undefined) {
+      await this.account(data, state, { outcome: 'cancelled' });
       return { outcome: 'cancelled' };
     }
     const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
       abort.abort(new RelayLostError(why)),
     );
     const stopTimers = this.startTimers(data, abort, out);
-    let deployment: string | undefined;
+    let result: CompletionJobResult;
     try {
       const model = this.check(data);
       out.send({ t: 'start', workerId: this.identity.id, deployment: model.deployments[0]?.id ?? '' });
-      deployment = await this.execute(data, model, abort.signal, out);
-      return { outcome: 'ok', deployment };
+      await this.execute(data, model, abort.signal, out, state);
+      result = { outcome: 'ok', deployment: state.deployment };
     } catch (err) {
-      return this.report(err, abort.signal, out, deployment);
+      result = this.report(err, abort.signal, out, state.deployment);
     } finally {
       stopTimers();
       this.cancellations.release(data.rid);
-      await out.flush();
     }
+    await out.flush();
+    await this.account(data, state, result);
+    return result;
   }
 
   private check(data: CompletionJobData): ModelEntry {
@@ -78,36 +97,43 @@ export class CompletionRunner {
     return model;
   }
 
-  /** Returns the id of the deployment that served the request. */
   private async execute(
     data: CompletionJobData,
     model: ModelEntry,
     signal: AbortSignal,
     out: RelayPublisher,
-  ): Promise<string> {
-    let emitted = false;
+    state: JobState,
+  ): Promise<void> {
     let lastError: unknown;
     for (const d of this.order(model)) {
       const backend = this.backends.for(d.provider);
       const req = { deployment: d, params: data.params, signal, deadline: this.deadlineFor(d, data) };
+      state.deployment = d.id;
       try {
         if (data.stream) {
-          let usage = null;
           for await (const ev of backend.stream(req)) {
             if (ev.type === 'usage') {
-              usage = ev.usage;
+              state.usage = ev.usage;
               continue;
             }
-            emitted = true;
+            state.firstTokenAt ??= this.clock.now();
+            for (const c of ev.choices) {
+              state.pieces += c.text === '' ? 0 : 1;
+              state.chars += c.text.length;
+            }
             out.send({ t: 'chunk', choices: ev.choices, system_fingerprint: ev.system_fingerprint });
           }
-          out.send({ t: 'done', usage });
+          out.send({ t: 'done', usage: state.usage });
         } else {
           const r = await backend.complete(req);
+          state.firstTokenAt = this.clock.now();
+          state.usage = r.usage;
+          state.chars = r.choices.reduce((n, c) => n + c.text.length, 0);
           out.send({ t: 'result', choices: r.choices, usage: r.usage, system_fingerprint: r.system_fingerprint });
         }
-        return d.id;
+        return;
       } catch (err) {
+        const emitted = state.firstTokenAt !== undefined;
         if (signal.aborted || !(err instanceof BackendError) || !err.failover || emitted) {
           throw err;
         }
@@ -116,6 +142,39 @@ export class CompletionRunner {
       }
     }
     throw lastError;
+  }
+
+  /** Writes the usage record and adds the tokens to the rate-limit window. */
+  private async account(data: CompletionJobData, state: JobState, result: CompletionJobResult): Promise<void> {
+    const now = this.clock.now();
+    const outcome: UsageOutcome =
+      result.outcome === 'ok'
+        ? 'ok'
+        : result.outcome === 'cancelled'
+          ? 'client_disconnected'
+          : result.outcome === 'expired'
+            ? 'timeout'
+            : 'error';
+    await this.usage.record({
+      rid: data.rid,
+      token_id: data.tokenId,
+      model: data.model,
+      deployment: state.deployment ?? null,
+      route: data.meta.route,
+      status: result.status ?? (outcome === 'client_disconnected' ? 499 : 200),
+      outcome,
+      started_at: data.meta.startedAt,
+      latency_ms: now - data.meta.startedAt,
+      ttft_ms: state.firstTokenAt === undefined ? null : state.firstTokenAt - data.meta.startedAt,
+      // Without backend usage, a request that produced nothing is charged nothing.
+      prompt_tokens: state.usage?.prompt_tokens ?? (state.chars > 0 ? estimatePromptTokens(data.params.prompt) : 0),
+      completion_tokens: state.usage?.completion_tokens ?? (data.stream ? state.pieces : Math.ceil(state.chars / 4)),
+      usage_estimated: state.usage === null && state.chars > 0,
+      user: data.meta.user,
+      user_id: data.meta.userId,
+      ip: data.meta.ip,
+      user_agent: data.meta.userAgent,
+    });
   }
 
   private report(

@@ -12,9 +12,10 @@ import type { ServerRedis } from '@nestjs/microservices';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FakeUpstream, startFakeUpstream } from '../../../../test/support/fake-upstream';
-import { freePort, REDIS_URL, uniquePrefix } from '../../../../test/support/stack';
+import { deleteByPrefix, freePort, REDIS_URL, uniquePrefix } from '../../../../test/support/stack';
 import { BackendRegistry } from '../backends/backend-registry';
 import { CancellationRegistry } from '../control/cancellation.registry';
+import { WorkerUsage } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
 import { CompletionRunner } from './completion-runner.service';
 
@@ -29,6 +30,7 @@ describe('CompletionRunner', () => {
   let backends: BackendRegistry;
   const inbox = `${prefix}:relay:test`;
   const received = new Map<string, RelayMessage[]>();
+  let usageLog = '';
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
@@ -55,12 +57,14 @@ describe('CompletionRunner', () => {
     await subscriber.subscribe(inbox);
     cancellations = new CancellationRegistry(config, {} as ServerRedis);
     backends = new BackendRegistry(15_000);
-    runner = new CompletionRunner(config, new Clock(), new WorkerIdentity(), cancellations, backends, publisher);
+    usageLog = redisNames(prefix).usageLog;
+    const usage = new WorkerUsage(config, new Clock(), publisher);
+    runner = new CompletionRunner(config, new Clock(), new WorkerIdentity(), cancellations, backends, usage, publisher);
   });
 
   afterAll(async () => {
     await backends.onApplicationShutdown();
-    await publisher.del(redisNames(prefix).cancelFlag('x'));
+    await deleteByPrefix(publisher, prefix);
     await Promise.all([publisher.quit(), subscriber.quit(), upstream.close()]);
   });
 
@@ -74,6 +78,14 @@ describe('CompletionRunner', () => {
     params,
     deadline: Date.now() + 10_000,
     tokenId: 'tok_test',
+    meta: {
+      route: '/v1/completions',
+      startedAt: Date.now(),
+      ip: '127.0.0.1',
+      userAgent: 'spec',
+      user: null,
+      userId: 'u1',
+    },
   });
 
   async function messages(rid: string): Promise<RelayMessage[]> {
@@ -123,7 +135,7 @@ describe('CompletionRunner', () => {
     const run = runner.run(job('cancel-me', 'slow', { prompt: 'x' }));
     await new Promise((r) => setTimeout(r, 100));
     cancellations.cancel('cancel-me', 'client_disconnected');
-    expect(await run).toEqual({ outcome: 'cancelled', deployment: undefined });
+    expect(await run).toEqual({ outcome: 'cancelled', deployment: 'slow#0' });
     expect(Date.now() - started).toBeLessThan(1_000);
     expect((await messages('cancel-me')).map((m) => m.t)).toEqual(['start']);
   });
@@ -145,5 +157,33 @@ describe('CompletionRunner', () => {
     const bad = { ...job('v99', 'up', { prompt: 'x' }), v: 99 } as unknown as CompletionJobData;
     await runner.run(bad);
     expect((await messages('v99')).at(-1)).toMatchObject({ t: 'error', status: 500 });
+  });
+
+  it('writes one usage record per job, with real or estimated usage and the outcome', async () => {
+    const records = async () =>
+      (await publisher.xrange(usageLog, '-', '+')).map(([, f]) => JSON.parse(f[1] ?? '{}') as Record<string, unknown>);
+    const byRid = (all: Record<string, unknown>[], rid: string) => all.find((r) => r.rid === rid);
+    const all = await records();
+    expect(byRid(all, 'whole')).toMatchObject({
+      outcome: 'ok',
+      status: 200,
+      model: 'up',
+      deployment: 'up#0',
+      token_id: 'tok_test',
+      user_id: 'u1',
+      usage_estimated: false,
+    });
+    expect(byRid(all, 'whole')?.completion_tokens).toBeGreaterThan(0);
+    expect(byRid(all, 'cancel-me')).toMatchObject({ outcome: 'client_disconnected', status: 499 });
+    expect(byRid(all, 'late')).toMatchObject({ outcome: 'timeout', status: 504 });
+    expect(byRid(all, 'ctx')).toMatchObject({ outcome: 'error', status: 400 });
+    // The mid-stream failure sent 2 tokens and no usage: they are counted, marked as estimated.
+    expect(byRid(all, 'mid')).toMatchObject({ outcome: 'error', completion_tokens: 2, usage_estimated: true });
+    // And the token's rate-limit window holds the tokens.
+    const window = await publisher.hgetall(redisNames(prefix).limiter('tok_test'));
+    const output = Object.entries(window)
+      .filter(([k]) => k.startsWith('o:'))
+      .reduce((n, [, v]) => n + Number(v), 0);
+    expect(output).toBe(all.reduce((n, r) => n + (r.completion_tokens as number), 0));
   });
 });

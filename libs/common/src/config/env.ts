@@ -34,6 +34,23 @@ export const envSchema = z.object({
   /** How often workers announce themselves; they count as dead after three missed beats. */
   AQUEDUCT_HEARTBEAT_MS: int(2_000, 50),
   WORKER_CONCURRENCY: int(64, 1),
+  /** Requests waiting in the queue beyond which new ones are refused with 503 + Retry-After. */
+  AQUEDUCT_MAX_QUEUE_DEPTH: int(5_000, 1),
+  /** How long usage records are kept. */
+  AQUEDUCT_USAGE_RETENTION_HOURS: int(168, 1),
+  /**
+   * Proxies whose X-Forwarded-For is believed for the client IP (Express "trust proxy"
+   * syntax: IPs, CIDRs, "loopback", "uniquelocal"); empty = use the socket address.
+   */
+  AQUEDUCT_TRUSTED_PROXIES: z
+    .string()
+    .default('')
+    .transform((v) =>
+      v
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean),
+    ),
   /** How long a SIGTERM'd worker (or gateway) lets in-flight streams finish. */
   AQUEDUCT_SHUTDOWN_GRACE_MS: int(25_000, 0),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

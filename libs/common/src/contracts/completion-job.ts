@@ -2,6 +2,8 @@
  * The BullMQ job payload. Versioned so that gateways and workers can be deployed out of
  * step: a worker refuses (with a clear error) a version it does not know.
  */
+import type { RequestMeta } from '../usage/usage-record';
+
 export const COMPLETION_JOB_VERSION = 1 as const;
 
 export interface CompletionJobData {
@@ -23,6 +25,8 @@ export interface CompletionJobData {
   /** Epoch ms after which the result is useless: workers drop expired jobs at pickup. */
   deadline: number;
   tokenId: string;
+  /** Who asked, for the usage record the worker writes when the job ends. */
+  meta: RequestMeta;
 }
 
 /** What the processor returns; kept small because BullMQ stores it until removal. */

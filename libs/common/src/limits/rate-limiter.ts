@@ -17,9 +17,14 @@ export interface LimitDecision {
 
 const REASONS: Record<number, LimitReason> = { 1: 'requests', 2: 'input_tokens', 3: 'output_tokens' };
 
-type LimitCommand = (key: string, now: number, weight: number, rpm: number, itpm: number, otpm: number) => Promise<
-  [number, string, number, number, number, number, number, number]
->;
+type LimitCommand = (
+  key: string,
+  now: number,
+  weight: number,
+  rpm: number,
+  itpm: number,
+  otpm: number,
+) => Promise<[number, string, number, number, number, number, number, number]>;
 
 /** Go-style durations, as OpenAI's reset headers use: "1s", "6m0s", "250ms". */
 export function goDuration(ms: number): string {
