@@ -33,9 +33,10 @@ export async function raw(stack: Stack, body: unknown, opts: RawOptions = {}): P
   if (opts.key != null) {
     headers.authorization = `Bearer ${opts.key}`;
   }
-  let payload: string | undefined;
+  let payload: string | Uint8Array | undefined;
   if (opts.rawBody !== undefined) {
-    payload = opts.rawBody;
+    // Bytes, so that fetch adds no Content-Type of its own (a string would get text/plain).
+    payload = Buffer.from(opts.rawBody);
   } else if (body !== undefined) {
     payload = JSON.stringify(body);
     headers['content-type'] ??= 'application/json';
@@ -156,7 +157,9 @@ export function parseSse(text: string): SseBody {
     data,
     events,
     chunks: events.filter((e) => isChunk(e) && (e.choices as unknown[]).length > 0) as unknown as CompletionChunk[],
-    usageChunks: events.filter((e) => isChunk(e) && (e.choices as unknown[]).length === 0) as unknown as CompletionChunk[],
+    usageChunks: events.filter(
+      (e) => isChunk(e) && (e.choices as unknown[]).length === 0,
+    ) as unknown as CompletionChunk[],
     errors: events.filter((e) => 'error' in e) as unknown as { error: OpenAIErrorObject }[],
   };
 }

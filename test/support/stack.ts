@@ -156,7 +156,7 @@ export class Stack {
       await waitFor(this.baseUrl, this.gateway, timeoutMs);
     } catch (err) {
       const workers = this.workers.map((w) => w.output()).join('\n');
-      throw new Error(`${(err as Error).message}\n--- workers ---\n${workers}`);
+      throw new Error(`${(err as Error).message}\n--- workers ---\n${workers}`, { cause: err });
     }
   }
 
