@@ -223,7 +223,7 @@ model_list:
               : type === 'stream'
                 ? await stack.redis.xrange(k, '-', '+')
                 : type === 'zset'
-                  ? await stack.redis.zrange(k, 0, -1)
+                  ? await stack.redis.zrange(k, '0', '-1')
                   : type === 'list'
                     ? await stack.redis.lrange(k, 0, -1)
                     : type === 'set'

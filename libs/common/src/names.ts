@@ -17,6 +17,8 @@ export function redisNames(prefix: string) {
     gatewayInbox: (gatewayId: string) => `${prefix}:relay:${gatewayId}`,
     /** HASH of one-second buckets: the token's sliding 60-second rate-limit window. */
     limiter: (tokenId: string) => `${prefix}:limits:${tokenId}`,
+    /** ZSET of in-flight leases of one deployment (max_parallel_requests across workers). */
+    deploymentSlots: (deploymentId: string) => `${prefix}:slots:${deploymentId}`,
     /** Stream of usage records (one per request), trimmed by age. */
     usageLog: `${prefix}:usage:log`,
     /** HASH of all-time counters per token / per model. */

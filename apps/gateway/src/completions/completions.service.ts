@@ -4,6 +4,7 @@ import {
   Clock,
   COMPLETION_JOB_VERSION,
   type CancelCommand,
+  type CompletionJobData,
   type ModelEntry,
   type RelayMessage,
   type RequestMeta,
@@ -110,8 +111,35 @@ export class CompletionsService {
       }
     };
 
+    const job: CompletionJobData = {
+      v: COMPLETION_JOB_VERSION,
+      rid,
+      att: 0,
+      replyTo: this.relay.inbox,
+      model: model.name,
+      stream: request.stream,
+      params: request.params,
+      deadline,
+      tokenId: token.id,
+      meta,
+    };
+    const enqueue = (att: number) =>
+      this.queue.enqueue({ ...job, att }).catch((err: unknown) => {
+        const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
+        this.record(rid, meta, token, model.name, error.status, 'error');
+        responder.fail(error);
+      });
+
     const done = new Promise<void>((resolve) => {
-      const session = this.relay.open(rid, (msg: RelayMessage) => responder.onMessage(msg));
+      // A worker that died before sending output is replaced once, transparently.
+      const retryOnce = (): boolean => {
+        if (session.attempt > 0) {
+          return false;
+        }
+        void enqueue(session.nextAttempt());
+        return true;
+      };
+      const session = this.relay.open(rid, (msg: RelayMessage) => responder.onMessage(msg), retryOnce);
       const deadlineTimer = setTimeout(
         () => {
           void withdraw(session.attempt, 504, 'timeout');
@@ -131,29 +159,15 @@ export class CompletionsService {
       });
     });
 
-    this.queue
-      .enqueue({
-        v: COMPLETION_JOB_VERSION,
-        rid,
-        att: 0,
-        replyTo: this.relay.inbox,
-        model: model.name,
-        stream: request.stream,
-        params: request.params,
-        deadline,
-        tokenId: token.id,
-        meta,
-      })
-      .catch((err: unknown) => {
-        const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
-        this.record(rid, meta, token, model.name, error.status, 'error');
-        responder.fail(error);
-      });
+    void enqueue(0);
     return done;
   }
 
   /** Refuses at once when no worker is alive or the queue is too deep, instead of queueing into the void. */
   private admit(): void {
+    if (this.relay.draining) {
+      throw ApiError.server(503, 'The gateway is shutting down. Please retry.', 'gateway_shutdown', 1_000);
+    }
     if (this.workers.alive().length === 0) {
       throw ApiError.server(
         503,

@@ -14,7 +14,10 @@ import type { Queue } from 'bullmq';
 export class CompletionQueue {
   private readonly logger = new Logger(CompletionQueue.name);
 
-  constructor(@InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue<CompletionJobData, CompletionJobResult>) {}
+  constructor(@InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue<CompletionJobData, CompletionJobResult>) {
+    // BullMQ emits 'error' on connection problems; an EventEmitter without a listener would crash.
+    queue.on('error', (err: Error) => this.logger.warn(`queue: ${err.message}`));
+  }
 
   /**
    * One attempt, no BullMQ retries and no stalled-job replay: a replayed stream would

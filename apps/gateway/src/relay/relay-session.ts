@@ -13,10 +13,19 @@ export class RelaySession {
   private closed = false;
   /** Epoch ms of the last message; -1 until a worker has started the job. */
   lastActivity = -1;
+  /** The worker running the current attempt, from its `start` message. */
+  workerId?: string;
+  /** Whether output (a chunk or a result) has reached the client: past that, no retry. */
+  hasOutput = false;
 
+  /**
+   * @param onWorkerLost called when the worker of a started attempt disappears; returns
+   *   true when it re-enqueued the request (so the session is not failed).
+   */
   constructor(
     readonly rid: string,
     private readonly listener: RelayListener,
+    readonly onWorkerLost: () => boolean = () => false,
   ) {}
 
   get attempt(): number {
@@ -32,6 +41,7 @@ export class RelaySession {
     this.att += 1;
     this.nextSeq = 0;
     this.lastActivity = -1;
+    this.workerId = undefined;
     return this.att;
   }
 
@@ -45,6 +55,11 @@ export class RelaySession {
       return;
     }
     this.nextSeq += 1;
+    if (msg.t === 'start') {
+      this.workerId = msg.workerId;
+    } else if (msg.t === 'chunk' || msg.t === 'result') {
+      this.hasOutput = true;
+    }
     if (msg.t === 'done' || msg.t === 'error' || msg.t === 'result') {
       this.closed = true;
     }

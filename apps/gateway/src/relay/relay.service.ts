@@ -1,8 +1,17 @@
 import { randomBytes } from 'node:crypto';
+import type { Server } from 'node:http';
 import { hostname } from 'node:os';
 import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage } from '@app/common';
-import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
+import {
+  type BeforeApplicationShutdown,
+  Injectable,
+  Logger,
+  type OnApplicationShutdown,
+  type OnModuleInit,
+} from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
 import type Redis from 'ioredis';
+import { WorkerRegistry } from '../workers/worker-registry.service';
 import { type RelayListener, RelaySession } from './relay-session';
 
 /**
@@ -12,17 +21,21 @@ import { type RelayListener, RelaySession } from './relay-session';
  * job that names it can exist.
  */
 @Injectable()
-export class RelayService implements OnModuleInit, OnApplicationShutdown {
+export class RelayService implements OnModuleInit, BeforeApplicationShutdown, OnApplicationShutdown {
   readonly gatewayId = `gw-${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   readonly inbox: string;
   private readonly logger = new Logger(RelayService.name);
   private readonly sessions = new Map<string, RelaySession>();
   private subscriber?: Redis;
   private idleTimer?: NodeJS.Timeout;
+  /** Set on SIGTERM: new completions are refused while open ones finish. */
+  draining = false;
 
   constructor(
     private readonly config: AppConfig,
     private readonly clock: Clock,
+    private readonly workers: WorkerRegistry,
+    private readonly adapterHost: HttpAdapterHost,
   ) {
     this.inbox = config.names.gatewayInbox(this.gatewayId);
   }
@@ -37,6 +50,23 @@ export class RelayService implements OnModuleInit, OnApplicationShutdown {
     this.idleTimer.unref();
   }
 
+  /**
+   * SIGTERM: stop accepting connections at once, let open requests finish within the
+   * grace period, then fail the rest with a retryable error.
+   */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.draining = true;
+    (this.adapterHost.httpAdapter?.getHttpServer() as Server | undefined)?.close();
+    const until = this.clock.now() + this.config.env.AQUEDUCT_SHUTDOWN_GRACE_MS;
+    while (this.sessions.size > 0 && this.clock.now() < until) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const s of this.sessions.values()) {
+      s.fail(503, 'The gateway is shutting down. Please retry.', 'gateway_shutdown');
+    }
+    await new Promise((r) => setTimeout(r, 50)); // let the error frames flush
+  }
+
   async onApplicationShutdown(): Promise<void> {
     clearInterval(this.idleTimer);
     for (const s of this.sessions.values()) {
@@ -48,8 +78,8 @@ export class RelayService implements OnModuleInit, OnApplicationShutdown {
   }
 
   /** Registers a request before its job is enqueued, so no message can precede it. */
-  open(rid: string, listener: RelayListener): RelaySession {
-    const session = new RelaySession(rid, listener);
+  open(rid: string, listener: RelayListener, onWorkerLost?: () => boolean): RelaySession {
+    const session = new RelaySession(rid, listener, onWorkerLost);
     this.sessions.set(rid, session);
     return session;
   }
@@ -73,13 +103,30 @@ export class RelayService implements OnModuleInit, OnApplicationShutdown {
     this.sessions.get(msg.rid)?.accept(msg, this.clock.now());
   }
 
-  /** One timer for all requests: a started job whose worker fell silent is failed. */
+  /**
+   * One timer for all requests. A started attempt is lost when its worker fell silent
+   * for the idle timeout, or stopped heartbeating (faster: a SIGKILLed worker is noticed
+   * within three heartbeats). Before any output reached the client it is run again
+   * once; after that the client gets an error.
+   */
   private sweepIdle(idleMs: number): void {
     const now = this.clock.now();
+    const alive = new Set(this.workers.alive().map((w) => w.workerId));
+    const beatMs = this.config.env.AQUEDUCT_HEARTBEAT_MS;
     for (const s of this.sessions.values()) {
-      if (s.started && !s.isClosed && now - s.lastActivity > idleMs) {
-        s.fail(502, 'The worker stopped responding (no data for too long). Please retry.', 'worker_timeout');
+      if (!s.started || s.isClosed) {
+        continue;
       }
+      const silent = now - s.lastActivity;
+      const workerGone = s.workerId !== undefined && !alive.has(s.workerId) && silent > beatMs;
+      if (silent <= idleMs && !workerGone) {
+        continue;
+      }
+      if (!s.hasOutput && s.onWorkerLost()) {
+        this.logger.warn(`request ${s.rid}: worker ${s.workerId ?? '?'} lost before any output; running it again`);
+        continue;
+      }
+      s.fail(502, 'The worker stopped responding before the completion finished. Please retry.', 'worker_lost');
     }
   }
 }

@@ -19,11 +19,14 @@ import { InjectPublisher } from '../tokens';
 import { estimatePromptTokens } from '../usage/usage-estimate';
 import { WorkerUsage } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
+import { DeploymentSlots } from './deployment-slots';
 import { RelayPublisher } from './relay-publisher';
 
 /** What one job produced, for its usage record. */
 interface JobState {
   deployment?: string;
+  /** The deployment whose max_parallel_requests slot this job holds, if any. */
+  holding?: Deployment;
   usage: Usage | null;
   firstTokenAt?: number;
   /** Text pieces sent, for estimating usage when the backend reports none. */
@@ -44,6 +47,7 @@ class RelayLostError extends Error {}
 export class CompletionRunner {
   private readonly logger = new Logger(CompletionRunner.name);
   private readonly roundRobin = new Map<string, number>();
+  private readonly slots: DeploymentSlots;
 
   constructor(
     private readonly config: AppConfig,
@@ -53,7 +57,9 @@ export class CompletionRunner {
     private readonly backends: BackendRegistry,
     private readonly usage: WorkerUsage,
     @InjectPublisher() private readonly redis: Redis,
-  ) {}
+  ) {
+    this.slots = new DeploymentSlots(redis, config.names, () => clock.now());
+  }
 
   async run(data: CompletionJobData): Promise<CompletionJobResult> {
     const state: JobState = { usage: null, pieces: 0, chars: 0 };
@@ -65,7 +71,7 @@ export class CompletionRunner {
     const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
       abort.abort(new RelayLostError(why)),
     );
-    const stopTimers = this.startTimers(data, abort, out);
+    const stopTimers = this.startTimers(data, abort, out, state);
     let result: CompletionJobResult;
     try {
       const model = this.check(data);
@@ -105,7 +111,15 @@ export class CompletionRunner {
     state: JobState,
   ): Promise<void> {
     let lastError: unknown;
-    for (const d of this.order(model)) {
+    let candidates = this.order(model);
+    for (;;) {
+      // Waits while every deployment is at its max_parallel_requests.
+      const d = await this.slots.pick(candidates, data.rid, signal);
+      if (d === undefined) {
+        throw lastError;
+      }
+      candidates = candidates.filter((c) => c !== d);
+      state.holding = d;
       const backend = this.backends.for(d.provider);
       const req = { deployment: d, params: data.params, signal, deadline: this.deadlineFor(d, data) };
       state.deployment = d.id;
@@ -139,9 +153,11 @@ export class CompletionRunner {
         }
         this.logger.warn(`deployment ${d.id} failed before the first token (${err.status}); trying the next one`);
         lastError = err;
+      } finally {
+        state.holding = undefined;
+        await this.slots.release(d, data.rid).catch(() => undefined);
       }
     }
-    throw lastError;
   }
 
   /** Writes the usage record and adds the tokens to the rate-limit window. */
@@ -225,12 +241,20 @@ export class CompletionRunner {
    * timer trusts this worker through a long prefill), and the cancel-flag fallback for
    * cancels whose control message was lost.
    */
-  private startTimers(data: CompletionJobData, abort: AbortController, out: RelayPublisher): () => void {
+  private startTimers(
+    data: CompletionJobData,
+    abort: AbortController,
+    out: RelayPublisher,
+    state: JobState,
+  ): () => void {
     const deadline = setTimeout(() => abort.abort(new DeadlineError()), Math.max(0, data.deadline - this.clock.now()));
     const tickMs = Math.min(2_000, Math.floor(this.config.env.AQUEDUCT_IDLE_TIMEOUT_MS / 3));
     const tick = setInterval(() => {
       if (this.clock.now() - out.lastSentAt >= tickMs) {
         out.send({ t: 'hb' });
+      }
+      if (state.holding !== undefined) {
+        this.slots.renew(state.holding, data.rid).catch(() => undefined);
       }
       this.redis
         .exists(this.config.names.cancelFlag(data.rid))

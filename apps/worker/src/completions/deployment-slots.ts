@@ -1,0 +1,91 @@
+import type { Deployment, RedisNames } from '@app/common';
+import type Redis from 'ioredis';
+
+/**
+ * `max_parallel_requests` across every worker: each deployment with a cap has a ZSET of
+ * leases (member = request id, score = lease expiry). Acquiring is one Lua call, so two
+ * workers cannot both take the last slot; a crashed worker's lease simply expires.
+ */
+const ACQUIRE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1
+end
+return 0
+`;
+
+const LEASE_MS = 30_000;
+
+type AcquireCommand = (key: string, now: number, leaseMs: number, max: number, member: string) => Promise<number>;
+
+export class DeploymentSlots {
+  private readonly acquireCmd: AcquireCommand;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly names: RedisNames,
+    private readonly now: () => number = Date.now,
+  ) {
+    redis.defineCommand('aqueductAcquireSlot', { numberOfKeys: 1, lua: ACQUIRE });
+    this.acquireCmd = (redis as unknown as { aqueductAcquireSlot: AcquireCommand }).aqueductAcquireSlot.bind(redis);
+  }
+
+  /**
+   * The first deployment (in preference order) with a free slot, waiting with backoff
+   * while all are full. Undefined when there are no candidates. Throws when `signal`
+   * aborts (cancel, deadline, shutdown).
+   */
+  async pick(candidates: readonly Deployment[], rid: string, signal: AbortSignal): Promise<Deployment | undefined> {
+    let delay = 10;
+    while (candidates.length > 0) {
+      for (const d of candidates) {
+        if (d.maxParallelRequests === undefined) {
+          return d;
+        }
+        if ((await this.acquireCmd(this.key(d), this.now(), LEASE_MS, d.maxParallelRequests, rid)) === 1) {
+          return d;
+        }
+      }
+      await sleep(delay * (0.5 + Math.random()), signal);
+      delay = Math.min(delay * 2, 200);
+    }
+    return undefined;
+  }
+
+  /** Extends a long request's lease (called from the job's timer). */
+  async renew(d: Deployment, rid: string): Promise<void> {
+    if (d.maxParallelRequests !== undefined) {
+      await this.redis.zadd(this.key(d), 'XX', this.now() + LEASE_MS, rid);
+    }
+  }
+
+  async release(d: Deployment, rid: string): Promise<void> {
+    if (d.maxParallelRequests !== undefined) {
+      await this.redis.zrem(this.key(d), rid);
+    }
+  }
+
+  private key(d: Deployment): string {
+    return this.names.deploymentSlots(d.id);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason as Error);
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason as Error);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
