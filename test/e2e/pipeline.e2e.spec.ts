@@ -138,7 +138,7 @@ model_list:
     expect(res.status).toBe(401);
     const body = (await res.json()) as { error: Record<string, unknown> };
     expect(Object.keys(body.error).sort()).toEqual(['code', 'message', 'param', 'type']);
-    expect(res.headers.get('x-request-id')).toMatch(/^[0-9a-f]{24}$/);
+    expect(res.headers.get('x-request-id')).toMatch(/^[0-9a-f]{32}$/);
   });
 
   it('answers 404 model_not_found for an unknown model', async () => {

@@ -17,3 +17,4 @@ export * from './config/duration';
 export * from './limits/rate-limiter';
 export * from './usage/usage-record';
 export * from './usage/usage-store';
+export * from './observability';

@@ -19,7 +19,8 @@ const int = (min: number, max: number) => z.number().int().min(min).max(max).nul
 export const completionRequestSchema = z
   .looseObject({
     model: z.string().min(1, 'must not be empty'),
-    prompt: promptSchema,
+    // null means OpenAI's default prompt (see parseCompletionRequest).
+    prompt: promptSchema.nullable(),
     suffix: z.string().nullish(),
     max_tokens: int(0, Number.MAX_SAFE_INTEGER),
     temperature: num(0, 2),
@@ -35,7 +36,14 @@ export const completionRequestSchema = z
     frequency_penalty: num(-2, 2),
     best_of: int(0, 20),
     logit_bias: z.record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100)).nullish(),
-    seed: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).nullish(),
+    // int64, as OpenAI specifies (JSON numbers past 2^53 already lost precision when parsed).
+    // (z.int() would stop at 2^53: zod's int is a safe integer.)
+    seed: z
+      .number()
+      .refine(Number.isInteger, 'expected an integer')
+      .min(-(2 ** 63))
+      .max(2 ** 63 - 1)
+      .nullish(),
     user: z.string().nullish(),
     /** Aqueduct's own end-user id: kept for the usage log, never forwarded upstream. */
     user_id: z.union([z.string(), z.number()]).optional(),
@@ -58,6 +66,9 @@ export const completionRequestSchema = z
   });
 
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
+
+/** OpenAI's documented default when `prompt` is null. */
+const DEFAULT_PROMPT = '<|endoftext|>';
 
 /** Fields the gateway owns; everything else is forwarded to the backend as sent. */
 const GATEWAY_FIELDS = new Set(['model', 'stream', 'stream_options', 'user_id']);
@@ -83,6 +94,7 @@ export function parseCompletionRequest(body: unknown): ParsedCompletion {
       params[k] = v;
     }
   }
+  params.prompt ??= DEFAULT_PROMPT;
   return {
     model: r.model,
     stream: r.stream === true,

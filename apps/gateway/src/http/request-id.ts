@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
 
 declare module 'express-serve-static-core' {
@@ -10,7 +10,8 @@ declare module 'express-serve-static-core' {
 
 /** Every response carries `x-request-id`, errors and unknown routes included. */
 export function requestId(req: Request, res: Response, next: NextFunction): void {
-  req.rid = randomBytes(12).toString('hex');
+  // randomUUID draws from a cached entropy pool: far cheaper per request than randomBytes.
+  req.rid = randomUUID().replaceAll('-', '');
   res.setHeader('x-request-id', req.rid);
   next();
 }

@@ -442,9 +442,9 @@ describe('OpenAICompatibleBackend: broken streams', () => {
     expectBackendError(error, { status: 502, type: 'server_error', failover: true, message: /exceeds 1 MiB/ });
   });
 
-  it('a reset before the response of a non-stream call → 503', async () => {
+  it('a reset before the response of a non-stream call → 502 (reached, then broke the exchange)', async () => {
     const error = await failure(backend.complete(request({ fake_fail: 'reset-after:0' })));
-    expectBackendError(error, { status: 503, type: 'server_error', failover: true });
+    expectBackendError(error, { status: 502, type: 'server_error', failover: true, message: /closed the connection/ });
   });
 
   it('a truncated non-stream body → 502 invalid response', async () => {

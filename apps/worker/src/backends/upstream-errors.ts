@@ -36,10 +36,28 @@ export function upstreamStalled(idleMs: number): BackendError {
   return new BackendError(504, `upstream stalled: no data for ${idleMs} ms`, 'server_error', true, null, 'timeout');
 }
 
+/** Failures where no connection to the upstream could be made at all. */
+const CONNECT_FAILURES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+/**
+ * Before any response: 503 when the upstream could not be reached (every deployment
+ * down is "unavailable"), 502 when it was reached and then broke the exchange (reset,
+ * socket closed mid-request): that is a protocol failure, not unavailability.
+ */
 export function upstreamUnavailable(cause: unknown): BackendError {
   // Only the error code (ECONNREFUSED, ENOTFOUND…): undici messages can carry host details.
   const code = errorCode(cause);
-  return new BackendError(503, `upstream unavailable${code === undefined ? '' : ` (${code})`}`, 'server_error', true);
+  const suffix = code === undefined ? '' : ` (${code})`;
+  return code !== undefined && !CONNECT_FAILURES.has(code)
+    ? new BackendError(502, `upstream closed the connection before answering${suffix}`, 'server_error', true)
+    : new BackendError(503, `upstream unavailable${suffix}`, 'server_error', true);
 }
 
 export function upstreamInvalid(detail: string): BackendError {

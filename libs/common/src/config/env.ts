@@ -6,9 +6,18 @@ import { z } from 'zod';
  * process at boot with a message that names the variable instead of failing later.
  */
 const int = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+const port = (def: number) => int(def, 0).refine((p) => p <= 65535, 'must be a TCP port (0-65535)');
+/** "true"/"false" (also 1/0, yes/no, on/off); `z.coerce.boolean()` would take "false" as true. */
+const flag = (def: boolean) =>
+  z
+    .string()
+    .default('')
+    .transform((v) => v.trim().toLowerCase())
+    .pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off', '']))
+    .transform((v) => (v === '' ? def : ['true', '1', 'yes', 'on'].includes(v)));
 
 export const envSchema = z.object({
-  PORT: int(8000, 0).refine((p) => p <= 65535, 'must be a TCP port (0-65535)'),
+  PORT: port(8000),
   HOST: z.string().min(1).default('0.0.0.0'),
   REDIS_URL: z
     .string()
@@ -54,6 +63,14 @@ export const envSchema = z.object({
   /** How long a SIGTERM'd worker (or gateway) lets in-flight streams finish. */
   AQUEDUCT_SHUTDOWN_GRACE_MS: int(25_000, 0),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /**
+   * Port of the worker's own HTTP listener (`GET /metrics`, `GET /health`); 0 turns it off.
+   * A port that is taken only logs a warning: the worker keeps taking jobs without it.
+   */
+  WORKER_METRICS_PORT: port(9464),
+  WORKER_METRICS_HOST: z.string().min(1).default('0.0.0.0'),
+  /** When true, `/metrics` (gateway and workers) needs the admin key (Bearer, or Basic password). */
+  AQUEDUCT_METRICS_REQUIRE_ADMIN: flag(false),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -68,6 +85,11 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
   if (!result.success) {
     const lines = result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new ConfigError(`Invalid environment:\n${lines.join('\n')}`);
+  }
+  if (result.data.AQUEDUCT_METRICS_REQUIRE_ADMIN && result.data.AQUEDUCT_ADMIN_KEY === undefined) {
+    throw new ConfigError(
+      'Invalid environment:\n  AQUEDUCT_METRICS_REQUIRE_ADMIN: needs AQUEDUCT_ADMIN_KEY to be set (in workers too)',
+    );
   }
   return result.data;
 }

@@ -1,5 +1,4 @@
 import type Redis from 'ioredis';
-import type { ChainableCommander } from 'ioredis';
 import type { RedisNames } from '../names';
 import type { TokenRecord } from '../tokens/token-record';
 import { SLIDING_WINDOW_LUA } from './sliding-window.lua';
@@ -38,7 +37,8 @@ export function goDuration(ms: number): string {
 /**
  * Per-token limits over a sliding 60-second window, checked and reserved atomically in
  * Redis (one EVALSHA), so concurrent requests on any number of gateways cannot overshoot
- * the request limit. Token limits count real usage, added by the workers after each job.
+ * the request limit. Token limits count real usage, added by the workers after each job
+ * (UsageStore.record, into the same hash's i:/o: buckets).
  */
 export class RateLimiter {
   private readonly limit: LimitCommand;
@@ -91,12 +91,5 @@ export class RateLimiter {
       headers['x-ratelimit-reset-tokens'] = goDuration(binding.reset);
     }
     return { allowed: denied === 0, reason: REASONS[denied], retryAfterMs: retry, headers };
-  }
-
-  /** Adds a finished request's token usage to its token's window (inside the caller's MULTI). */
-  addUsage(multi: ChainableCommander, tokenId: string, now: number, input: number, output: number): void {
-    const sec = Math.floor(now / 1000);
-    const key = this.names.limiter(tokenId);
-    multi.hincrby(key, `i:${sec}`, input).hincrby(key, `o:${sec}`, output).pexpire(key, 61_000);
   }
 }

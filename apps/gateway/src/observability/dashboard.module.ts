@@ -1,0 +1,92 @@
+import { AdminCredentials, ApiError, AppConfig, COMPLETIONS_QUEUE } from '@app/common';
+import type { QueueAdapterOptions } from '@bull-board/api/typings/app';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { ExpressAdapter } from '@bull-board/express';
+import { BullBoardModule } from '@bull-board/nestjs';
+import { Module } from '@nestjs/common';
+import type { Queue } from 'bullmq';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { sendApiError } from '../http/error-response';
+import { BASIC_CHALLENGE, requireAdmin } from './admin-challenge';
+import { redactJobData } from './job-redaction';
+
+export const DASHBOARD_ROUTE = '/admin/queues';
+
+/** Bull Board's Express sub-app, without the `X-Powered-By` header the gateway also omits. */
+class DashboardServerAdapter extends ExpressAdapter {
+  constructor() {
+    super();
+    (this.getRouter() as { disable: (setting: string) => void }).disable('x-powered-by');
+  }
+}
+
+/** The BullMQ adapter with job data shown redacted (see redactJobData). */
+class RedactingBullMQAdapter extends BullMQAdapter {
+  constructor(queue: Queue, options?: Partial<QueueAdapterOptions>) {
+    super(queue, options);
+    this.setFormatter('data', redactJobData);
+  }
+}
+
+/**
+ * In front of every dashboard path: 404 when no admin key is configured (like the rest of
+ * /admin); otherwise the admin key as the password of HTTP Basic (any user name: the
+ * browser's own login prompt) or as a Bearer token. A missing or wrong key gets 401 with
+ * a Basic challenge, so the browser asks; an Aqueduct API token gets 403.
+ */
+export function dashboardGuard(config: AppConfig): RequestHandler {
+  const credentials = new AdminCredentials(config.env.AQUEDUCT_ADMIN_KEY);
+  return (req: Request, res: Response, next: NextFunction) => {
+    if (!credentials.configured) {
+      const path = req.originalUrl.split('?')[0] ?? '';
+      sendApiError(
+        res,
+        new ApiError(404, `Invalid URL (${req.method} ${path})`, 'invalid_request_error', null, 'unknown_url'),
+      );
+      return;
+    }
+    try {
+      requireAdmin(credentials, req.headers.authorization, 'The queue dashboard');
+    } catch (err) {
+      const error = err as ApiError;
+      if (error.status === 401) {
+        res.setHeader('www-authenticate', BASIC_CHALLENGE);
+      }
+      sendApiError(res, error);
+      return;
+    }
+    res.setHeader('x-frame-options', 'DENY');
+    res.setHeader('cache-control', 'no-store');
+    res.setHeader('referrer-policy', 'no-referrer');
+    next();
+  };
+}
+
+/**
+ * Bull Board at /admin/queues, showing the completion queue read-only: jobs are single
+ * attempts bound to a client connection, so retrying, adding or editing them from a UI
+ * would replay streams nobody listens to (or write the redacted view back).
+ */
+@Module({
+  imports: [
+    BullBoardModule.forRootAsync({
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => ({
+        route: DASHBOARD_ROUTE,
+        adapter: DashboardServerAdapter,
+        boardOptions: { uiConfig: { boardTitle: 'Aqueduct', hideDocsLink: true } },
+        middleware: dashboardGuard(config),
+      }),
+    }),
+    BullBoardModule.forFeature({
+      name: COMPLETIONS_QUEUE,
+      adapter: RedactingBullMQAdapter,
+      options: {
+        readOnlyMode: true,
+        allowRetries: false,
+        description: 'Completion requests: one job per request attempt, removed as soon as it ends.',
+      },
+    }),
+  ],
+})
+export class DashboardModule {}

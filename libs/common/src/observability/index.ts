@@ -1,0 +1,2 @@
+export * from './admin-credentials';
+export * from './logger';

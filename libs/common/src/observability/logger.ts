@@ -1,0 +1,138 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { LoggerService } from '@nestjs/common';
+import { pino, type DestinationStream, type Level, type LevelWithSilent, type Logger } from 'pino';
+
+/** What every log line written while serving one HTTP request carries. */
+export interface RequestContext {
+  rid: string;
+}
+
+/**
+ * Set by the gateway's request middleware around the rest of the request, so that any
+ * `new Logger(...)` line written on a request's behalf carries its `rid` without passing it.
+ */
+export const requestContext = new AsyncLocalStorage<RequestContext>();
+
+/**
+ * Field paths that are never written, whatever a caller passes: credentials, and request or
+ * response content (prompts, completions). Log lines carry ids and numbers, never payloads.
+ */
+export const REDACTED_PATHS = [
+  'authorization',
+  'headers.authorization',
+  'headers.cookie',
+  '*.authorization',
+  '*.headers.authorization',
+  '*.headers.cookie',
+  'key',
+  '*.key',
+  'api_key',
+  '*.api_key',
+  'apiKey',
+  '*.apiKey',
+  'password',
+  '*.password',
+  'prompt',
+  '*.prompt',
+  'params',
+  '*.params',
+  'choices',
+  '*.choices',
+  'body',
+  '*.body',
+];
+
+export interface LoggerOptions {
+  /** `gateway` or `worker`: the `app` field of every line. */
+  app: string;
+  level: LevelWithSilent;
+  /** Defaults to stdout (synchronous, so nothing is lost when the process exits). */
+  destination?: DestinationStream;
+}
+
+/** The structured JSON logger of a process: one line per event, ISO time, level names. */
+export function createLogger(opts: LoggerOptions): Logger {
+  return pino(
+    {
+      level: opts.level,
+      base: { app: opts.app, pid: process.pid },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
+      // Fields the call passes win over the context's.
+      mixin: () => {
+        const ctx = requestContext.getStore();
+        return ctx === undefined ? {} : { rid: ctx.rid };
+      },
+    },
+    opts.destination ?? pino.destination({ dest: 1, sync: true }),
+  );
+}
+
+const STACK = /\n\s+at /;
+
+/**
+ * Nest's LoggerService on top of pino, installed with `app.useLogger()`: every
+ * `new Logger(Context).warn(...)` in the code base becomes one JSON line with `context`.
+ * A message that is an object is merged into the line (its `msg` or `message` is the text).
+ */
+export class AppLogger implements LoggerService {
+  constructor(readonly pino: Logger) {}
+
+  log(message: unknown, ...params: unknown[]): void {
+    this.write('info', message, params);
+  }
+
+  error(message: unknown, ...params: unknown[]): void {
+    this.write('error', message, params);
+  }
+
+  warn(message: unknown, ...params: unknown[]): void {
+    this.write('warn', message, params);
+  }
+
+  debug(message: unknown, ...params: unknown[]): void {
+    this.write('debug', message, params);
+  }
+
+  verbose(message: unknown, ...params: unknown[]): void {
+    this.write('trace', message, params);
+  }
+
+  fatal(message: unknown, ...params: unknown[]): void {
+    this.write('fatal', message, params);
+  }
+
+  private write(level: Level, message: unknown, params: unknown[]): void {
+    if (!this.pino.isLevelEnabled(level)) {
+      return;
+    }
+    const fields: Record<string, unknown> = {};
+    const rest = params.filter((p) => p !== undefined);
+    // Nest passes the context last; Logger.error(message, stack, context) puts a stack before it.
+    const last = rest.at(-1);
+    if (typeof last === 'string' && !STACK.test(last)) {
+      fields.context = last;
+      rest.pop();
+    }
+    for (const p of rest) {
+      if (typeof p === 'string' && STACK.test(p)) {
+        fields.stack = p;
+      } else if (p instanceof Error) {
+        fields.err = p;
+      }
+    }
+    let text: string | undefined;
+    if (message instanceof Error) {
+      fields.err = message;
+      text = message.message;
+    } else if (typeof message === 'object' && message !== null) {
+      const { msg, message: m, ...others } = message as Record<string, unknown>;
+      Object.assign(fields, others);
+      text = typeof msg === 'string' ? msg : typeof m === 'string' ? m : undefined;
+    } else {
+      text = String(message);
+    }
+    this.pino[level](fields, text);
+  }
+}

@@ -1,0 +1,366 @@
+import type OpenAI from 'openai';
+import { APIError, BadRequestError, InternalServerError, RateLimitError, UnprocessableEntityError } from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  demux,
+  expectOpenAIError,
+  fakeUpstreamText,
+  parseSse,
+  probe,
+  raw,
+  rejection,
+  sdk,
+} from '../support/contract-helpers';
+import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
+import { freePort, Stack, writeRouterConfig } from '../support/stack';
+
+const UPSTREAM_KEY = 'upstream-secret-4f9a2b71c0';
+
+type ErrorClass = new (...args: never[]) => APIError;
+
+interface FailureRow {
+  name: string;
+  model?: string;
+  knobs?: Record<string, unknown>;
+  /** One exact status, or the acceptable ones. */
+  status: number | number[];
+  cls: ErrorClass;
+  type?: string;
+  param?: string | null;
+  code?: string | null;
+  message: RegExp;
+  retryAfter?: boolean;
+  /** Stream-only rows (a knob the non-stream path cannot express). */
+  streamOnly?: boolean;
+}
+
+const BAD_GATEWAY = [500, 502];
+
+/**
+ * Contract: every way an upstream can fail reaches the client as the right status and
+ * OpenAI error object (and SDK error class), streamed or not, never leaking the upstream
+ * key; a stream holds its status until the first token (late commit), and after it
+ * reports a failure as one `data: {"error": …}` event followed by `data: [DONE]`.
+ */
+describe('contract: upstream failures and late commit', () => {
+  let upstream: FakeUpstream;
+  let stack: Stack;
+  let key: string;
+  let client: OpenAI;
+
+  beforeAll(async () => {
+    upstream = await startFakeUpstream();
+    const [closedA, closedB] = [await freePort(), await freePort()];
+    const deployment = (model: string, extra = '') => `
+    litellm_params:
+      model: openai/${model}
+      api_base: ${upstream.url}
+      api_key: os.environ/CONTRACT_UPSTREAM_KEY${extra}`;
+    const config = writeRouterConfig(`
+model_list:
+  - model_name: up${deployment('fake-model')}
+  - model_name: up-unauthorized${deployment('unauthorized')}
+  - model_name: up-missing${deployment('missing-model')}
+  - model_name: slow${deployment('fake-model', '\n      timeout: 1')}
+  - model_name: refused
+    litellm_params:
+      model: openai/fake-model
+      api_base: http://127.0.0.1:${closedA}/v1
+      api_key: os.environ/CONTRACT_UPSTREAM_KEY
+  - model_name: refused
+    litellm_params:
+      model: openai/fake-model
+      api_base: http://127.0.0.1:${closedB}/v1
+      api_key: os.environ/CONTRACT_UPSTREAM_KEY
+  - model_name: failover
+    litellm_params:
+      model: openai/fake-model
+      api_base: http://127.0.0.1:${closedA}/v1
+  - model_name: failover${deployment('fake-model')}
+`);
+    stack = await Stack.start('contract-upstream', {
+      routerConfig: config,
+      env: { CONTRACT_UPSTREAM_KEY: UPSTREAM_KEY, AQUEDUCT_IDLE_TIMEOUT_MS: '2000' },
+    });
+    key = await stack.createKey();
+    client = sdk(stack, key);
+  });
+
+  afterAll(async () => {
+    await stack?.stop();
+    await upstream?.close();
+  });
+
+  const failures: FailureRow[] = [
+    {
+      name: 'upstream 400 keeps its message',
+      knobs: { fake_fail: 'status:400', fake_error_message: 'prompt contains a forbidden token' },
+      status: 400,
+      cls: BadRequestError,
+      type: 'invalid_request_error',
+      message: /prompt contains a forbidden token/,
+    },
+    {
+      name: 'upstream 400 context_length_exceeded',
+      knobs: { fake_fail: 'context-length' },
+      status: 400,
+      cls: BadRequestError,
+      type: 'invalid_request_error',
+      param: 'prompt',
+      code: 'context_length_exceeded',
+      message: /maximum context length is 4096 tokens/,
+    },
+    {
+      name: 'upstream 400 echoing the upstream key',
+      knobs: { fake_fail: 'status:400', fake_error_message: `Incorrect API key provided: ${UPSTREAM_KEY}` },
+      status: 400,
+      cls: BadRequestError,
+      message: /Incorrect API key provided/,
+    },
+    {
+      name: 'upstream 422',
+      knobs: { fake_fail: 'status:422', fake_error_message: 'prompt plus max_tokens exceeds the context' },
+      status: 422,
+      cls: UnprocessableEntityError,
+      type: 'invalid_request_error',
+      message: /prompt plus max_tokens exceeds the context/,
+    },
+    {
+      name: 'upstream 401 (bad upstream key)',
+      model: 'up-unauthorized',
+      status: [500, 502, 503],
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream refused/,
+    },
+    {
+      name: 'upstream 403',
+      knobs: { fake_fail: 'status:403' },
+      status: [500, 502, 503],
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream refused/,
+    },
+    {
+      name: 'upstream 429',
+      knobs: { fake_fail: 'status:429' },
+      status: 429,
+      cls: RateLimitError,
+      message: /rate limit/,
+      retryAfter: true,
+    },
+    {
+      name: 'upstream 500',
+      knobs: { fake_fail: 'status:500' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'upstream 503',
+      knobs: { fake_fail: 'status:503' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'upstream 404 for its model',
+      model: 'up-missing',
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'garbage body',
+      knobs: { fake_fail: 'garbage' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'no choices',
+      knobs: { fake_fail: 'no-choices' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'finish_reason abort',
+      knobs: { fake_fail: 'finish-abort' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'reset before the first token',
+      knobs: { fake_fail: 'reset-after:0' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'EOF before the first token',
+      knobs: { fake_fail: 'eof-after:0' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+    },
+    {
+      name: 'oversize frame',
+      knobs: { fake_fail: 'oversize' },
+      status: BAD_GATEWAY,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /upstream/,
+      streamOnly: true,
+    },
+    {
+      name: 'in-band error frame',
+      knobs: { fake_fail: 'error-frame' },
+      status: 400,
+      cls: BadRequestError,
+      type: 'invalid_request_error',
+      message: /boom/,
+    },
+    {
+      name: 'connection refused on every deployment',
+      model: 'refused',
+      status: 503,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /unavailable/,
+    },
+    {
+      name: "no answer within the deployment's timeout",
+      model: 'slow',
+      knobs: { fake_fail: 'hang' },
+      status: 504,
+      cls: InternalServerError,
+      type: 'server_error',
+      message: /time/,
+    },
+  ];
+  const rows = failures.flatMap((f) =>
+    (f.streamOnly ? [true] : [false, true]).map((stream) => ({ ...f, stream, mode: stream ? 'stream' : 'non-stream' })),
+  );
+
+  it.each(rows)('$name ($mode) → $status', async (row) => {
+    const body = { model: row.model ?? 'up', prompt: 'a b c', stream: row.stream, ...row.knobs };
+    const res = await raw(stack, body, { key });
+    const statuses = [row.status].flat();
+    expect(statuses, res.text).toContain(res.status);
+    // Late commit: a stream that fails before its first token is a plain JSON error, not SSE.
+    const err = expectOpenAIError(res, res.status, {
+      type: row.type,
+      param: row.param,
+      code: row.code,
+      message: row.message,
+    });
+    expect(res.status).not.toBe(401);
+    expect(res.text).not.toContain(UPSTREAM_KEY);
+    expect(err.message).not.toContain(UPSTREAM_KEY);
+    if (row.retryAfter === true) {
+      expect(res.headers.get('retry-after')).toBe('1');
+    }
+    const sdkErr = await rejection(
+      (async () => {
+        const out = await client.completions.create(body as OpenAI.CompletionCreateParams);
+        if (row.stream) {
+          for await (const _ of out as AsyncIterable<unknown>) {
+            // A failure before the first token must surface as the status, not mid-iteration.
+          }
+        }
+        return out;
+      })(),
+    );
+    expect(sdkErr).toBeInstanceOf(row.cls);
+    expect(statuses).toContain(sdkErr.status);
+    expect(sdkErr.message).not.toContain(UPSTREAM_KEY);
+  });
+
+  it('the upstream key is really configured (the no-leak checks are not vacuous)', async () => {
+    const mark = probe();
+    await client.completions.create({ model: 'up', prompt: 'k', ...mark } as OpenAI.CompletionCreateParams);
+    const seen = upstream.requests.find((r) => r.body.probe === mark.probe);
+    expect(seen?.headers.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
+  });
+
+  it('fails over from a refused deployment to a working one before the first token', async () => {
+    for (const stream of [false, true]) {
+      for (let i = 0; i < 2; i++) {
+        const res = await raw(stack, { model: 'failover', prompt: 'still here', stream }, { key });
+        expect(res.status, res.text).toBe(200);
+        const text = stream
+          ? (demux(parseSse(res.text).chunks).get(0)?.text ?? '')
+          : (res.json as { choices: { text: string }[] }).choices[0]?.text;
+        expect(text).toBe(fakeUpstreamText('still here'));
+      }
+    }
+  });
+
+  describe('after the first token', () => {
+    it.each([
+      { name: 'connection reset', fail: 'reset-after:2', message: /terminated/ },
+      { name: 'EOF without [DONE]', fail: 'eof-after:2', message: /terminated/ },
+      { name: 'stall', fail: 'stall-after:2', message: /stalled/ },
+    ])('$name: exactly one data:{"error"} event, then data: [DONE]', async ({ fail, message }) => {
+      const body = { model: 'up', prompt: 'one two three four five', stream: true, fake_fail: fail, fake_itl_ms: 50 };
+      const res = await raw(stack, body, { key });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+      const sse = parseSse(res.text);
+      expect(sse.data.at(-1)).toBe('[DONE]');
+      expect(sse.data.filter((d) => d === '[DONE]')).toHaveLength(1);
+      expect(sse.errors).toHaveLength(1);
+      // The error is the last event: nothing after it but [DONE].
+      expect(sse.data.at(-2)).toBe(JSON.stringify(sse.errors[0]));
+      const error = sse.errors[0]?.error;
+      expect(Object.keys(error ?? {}).sort()).toEqual(['code', 'message', 'param', 'type']);
+      expect(error?.type).toBe('server_error');
+      expect(error?.message).toMatch(message);
+      const text = demux(sse.chunks).get(0)?.text ?? '';
+      expect(text.length).toBeGreaterThan(0);
+      expect(fakeUpstreamText('one two three four five').startsWith(text)).toBe(true);
+      expect(res.text).not.toContain(UPSTREAM_KEY);
+    });
+
+    it('the SDK raises an APIError while iterating, after the first tokens', async () => {
+      const stream = await client.completions.create({
+        model: 'up',
+        prompt: 'one two three four five',
+        stream: true,
+        ...({ fake_fail: 'reset-after:2', fake_itl_ms: 50 } as Record<string, unknown>),
+      });
+      let text = '';
+      const err = await rejection(
+        (async () => {
+          for await (const chunk of stream) {
+            text += chunk.choices.map((c) => c.text).join('');
+          }
+        })(),
+      );
+      expect(text).toBe(' echo: one');
+      expect(err.status).toBeUndefined();
+      expect(err.message).toMatch(/terminated/);
+    });
+
+    it('a deployment timeout that expires mid-stream is reported in-band', async () => {
+      const body = { model: 'slow', prompt: 'a b c d e f g h', stream: true, fake_itl_ms: 300 };
+      const res = await raw(stack, body, { key });
+      expect(res.status).toBe(200);
+      const sse = parseSse(res.text);
+      expect(sse.chunks.length).toBeGreaterThan(0);
+      expect(sse.errors).toHaveLength(1);
+      expect(sse.errors[0]?.error).toMatchObject({ type: 'server_error', code: 'timeout' });
+      expect(sse.data.at(-1)).toBe('[DONE]');
+    });
+  });
+});
