@@ -5,6 +5,10 @@
 #   worker:            docker run -e REDIS_URL=redis://redis:6379 aqueduct npm run start:worker
 # The start commands live in package.json (start:gateway / start:worker), so dist/ paths are not
 # repeated here.
+# Probes (no curl in the image; node's fetch does it, see docker-compose.yml):
+#   gateway: GET :8000/health (liveness), GET :8000/ready (readiness), GET :8000/metrics
+#   worker:  GET :9464/health (liveness), GET :9464/metrics (WORKER_METRICS_PORT)
+# No HEALTHCHECK here: the same image runs both roles, which answer on different ports.
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 # Same npm major as the one that wrote package-lock.json (the base image ships npm 10).
@@ -55,7 +59,8 @@ COPY config ./config
 # The operator CLI: docker compose exec gateway npx aqueduct tokens create --name me
 COPY bin ./bin
 USER node
-EXPOSE 8000
+# 8000: gateway HTTP (PORT); 9464: worker metrics and health (WORKER_METRICS_PORT).
+EXPOSE 8000 9464
 # npm forwards SIGTERM/SIGINT to the app; run with an init (docker run --init, compose `init: true`)
 # so that zombies are reaped.
 CMD ["npm", "run", "start:gateway"]

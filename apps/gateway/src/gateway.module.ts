@@ -1,13 +1,16 @@
 import {
   AppConfig,
+  AppLogger,
   Clock,
   closeRedis,
   COMPLETIONS_QUEUE,
   ConfigModule,
   createControlClient,
   createControlServer,
+  createLogger,
   createRedis,
   parseRedisUrl,
+  reconnectDelay,
   TokenStore,
 } from '@app/common';
 import { BullModule } from '@nestjs/bullmq';
@@ -25,6 +28,10 @@ import { CompletionsService } from './completions/completions.service';
 import { ControlService } from './control/control.service';
 import { CONTROL_CLIENT, CONTROL_SERVER } from './control/control.tokens';
 import { HealthController } from './health/health.controller';
+import { DashboardModule } from './observability/dashboard.module';
+import { GatewayMetrics } from './observability/gateway-metrics';
+import { MeteredControlService } from './observability/metered-control.service';
+import { MetricsController } from './observability/metrics.controller';
 import { OpenAIExceptionFilter } from './http/openai-exception.filter';
 import { RouteTable } from './http/route-table';
 import { ModelCatalog } from './models/model-catalog.service';
@@ -46,15 +53,30 @@ import { WorkerRegistry } from './workers/worker-registry.service';
       inject: [AppConfig],
       useFactory: (config: AppConfig) => ({
         prefix: config.names.bullPrefix,
-        // A producer must fail fast while Redis is down so requests get 503 at once.
-        connection: { ...parseRedisUrl(config.env.REDIS_URL), enableOfflineQueue: false, maxRetriesPerRequest: 1 },
+        // A producer must fail fast while Redis is down so requests get 503 at once, and
+        // reconnect as quickly as the other connections (BullMQ's default backs off to 20 s).
+        connection: {
+          ...parseRedisUrl(config.env.REDIS_URL),
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 1,
+          // Concurrent jobs' commands share one socket write per tick (measured: fewer syscalls, less CPU).
+          enableAutoPipelining: true,
+          retryStrategy: reconnectDelay,
+        },
       }),
     }),
     BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
+    DashboardModule,
   ],
-  controllers: [CompletionsController, ModelsController, HealthController, AdminController],
+  controllers: [CompletionsController, ModelsController, HealthController, AdminController, MetricsController],
   providers: [
     Clock,
+    {
+      provide: AppLogger,
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => new AppLogger(createLogger({ app: 'gateway', level: config.env.LOG_LEVEL })),
+    },
+    GatewayMetrics,
     {
       provide: REDIS_COMMAND,
       inject: [AppConfig],
@@ -87,7 +109,8 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     QueueDepth,
     LimitsService,
     GatewayUsage,
-    ControlService,
+    // Counts the cancels it sends (aqueduct_cancellations_total).
+    { provide: ControlService, useClass: MeteredControlService },
     WorkerRegistry,
     CompletionsService,
   ],

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { AppConfig, ConfigError } from '@app/common';
+import { AppConfig, AppLogger, ConfigError } from '@app/common';
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
@@ -9,17 +9,26 @@ import { GatewayModule } from './gateway.module';
 import { apiCors } from './http/api-cors';
 import { jsonBody } from './http/json-body';
 import { requestId } from './http/request-id';
+import { GatewayMetrics } from './observability/gateway-metrics';
+import { httpObserver } from './observability/http-observer';
 
 async function bootstrap(): Promise<void> {
-  const app = await NestFactory.create<NestExpressApplication>(GatewayModule, { bodyParser: false });
+  // Nest's own lines are held until the JSON logger is installed, so every line is JSON.
+  const app = await NestFactory.create<NestExpressApplication>(GatewayModule, { bodyParser: false, bufferLogs: true });
+  const logger = app.get(AppLogger);
+  app.useLogger(logger);
   const config = app.get(AppConfig);
   app.disable('x-powered-by');
   // req.ip believes X-Forwarded-For only from the configured proxies.
   app.set('trust proxy', config.env.AQUEDUCT_TRUSTED_PROXIES.length > 0 ? config.env.AQUEDUCT_TRUSTED_PROXIES : false);
   app.use(requestId);
+  // Before anything that may answer: every response gets its log line and its metrics.
+  app.use(httpObserver(logger.pino, app.get(GatewayMetrics), config.router));
   app.use(apiCors());
   // Bodies are parsed only where a route takes one, so an unknown route is a 404, not a 415.
-  const bodyRoutes = ['/completions', '/v1/completions', ...(config.env.AQUEDUCT_ADMIN_KEY ? ['/admin'] : [])];
+  // Not for the dashboard (/admin/queues): Bull Board parses its own requests.
+  const adminBodyRoutes = ['/admin/tokens', '/admin/usage'];
+  const bodyRoutes = ['/completions', '/v1/completions', ...(config.env.AQUEDUCT_ADMIN_KEY ? adminBodyRoutes : [])];
   app.use(bodyRoutes, ...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
   app.enableShutdownHooks();
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { ConfigError } from '@app/common';
+import { AppLogger, ConfigError } from '@app/common';
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { ServerRedis } from '@nestjs/microservices';
@@ -9,10 +9,13 @@ import { WorkerModule } from './worker.module';
 
 /**
  * The worker is a Nest microservice: control messages (cancel, drain) arrive on its Redis
- * transport, and jobs arrive through the BullMQ processor.
+ * transport, and jobs arrive through the BullMQ processor. Its only HTTP listener is the
+ * small metrics/health one on WORKER_METRICS_PORT (see WorkerMetricsServer).
  */
 async function bootstrap(): Promise<void> {
-  const app = await NestFactory.create(WorkerModule);
+  // Nest's own lines are held until the JSON logger is installed, so every line is JSON.
+  const app = await NestFactory.create(WorkerModule, { bufferLogs: true });
+  app.useLogger(app.get(AppLogger));
   app.enableShutdownHooks();
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) });
   await app.init();

@@ -1,13 +1,16 @@
 import {
   AppConfig,
+  AppLogger,
   Clock,
   closeRedis,
   COMPLETIONS_QUEUE,
   ConfigModule,
   createControlClient,
   createControlServer,
+  createLogger,
   createRedis,
   parseRedisUrl,
+  reconnectDelay,
 } from '@app/common';
 import { BullModule } from '@nestjs/bullmq';
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
@@ -17,6 +20,9 @@ import { CompletionRunner } from './completions/completion-runner.service';
 import { CompletionProcessor } from './completions/completion.processor';
 import { CancellationRegistry } from './control/cancellation.registry';
 import { HeartbeatService } from './control/heartbeat.service';
+import { MeteredBackendRegistry } from './observability/metered-backends';
+import { WorkerMetricsServer } from './observability/metrics-server';
+import { WorkerMetrics } from './observability/worker-metrics';
 import { CONTROL_CLIENT, CONTROL_SERVER, REDIS_PUBLISHER } from './tokens';
 import { WorkerUsage } from './usage/worker-usage.service';
 import { WorkerIdentity } from './worker-identity';
@@ -28,8 +34,15 @@ import { WorkerIdentity } from './worker-identity';
       inject: [AppConfig],
       useFactory: (config: AppConfig) => ({
         prefix: config.names.bullPrefix,
-        // Workers block on Redis: BullMQ requires maxRetriesPerRequest: null.
-        connection: { ...parseRedisUrl(config.env.REDIS_URL), maxRetriesPerRequest: null },
+        // Workers block on Redis: BullMQ requires maxRetriesPerRequest: null. Reconnect as
+        // quickly as the other connections (BullMQ's default backs off to 20 s).
+        connection: {
+          ...parseRedisUrl(config.env.REDIS_URL),
+          maxRetriesPerRequest: null,
+          // Concurrent jobs' commands share one socket write per tick (measured: fewer syscalls, less CPU).
+          enableAutoPipelining: true,
+          retryStrategy: reconnectDelay,
+        },
       }),
     }),
     BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
@@ -37,6 +50,13 @@ import { WorkerIdentity } from './worker-identity';
   providers: [
     Clock,
     WorkerIdentity,
+    {
+      provide: AppLogger,
+      inject: [AppConfig],
+      useFactory: (config: AppConfig) => new AppLogger(createLogger({ app: 'worker', level: config.env.LOG_LEVEL })),
+    },
+    WorkerMetrics,
+    WorkerMetricsServer,
     {
       provide: REDIS_PUBLISHER,
       inject: [AppConfig, WorkerIdentity],
@@ -54,9 +74,11 @@ import { WorkerIdentity } from './worker-identity';
       useFactory: (config: AppConfig) => createControlClient(config.env.REDIS_URL),
     },
     {
+      // Every backend call that fails counts as an upstream error of its deployment.
       provide: BackendRegistry,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => new BackendRegistry(config.env.AQUEDUCT_IDLE_TIMEOUT_MS),
+      inject: [AppConfig, WorkerMetrics],
+      useFactory: (config: AppConfig, metrics: WorkerMetrics) =>
+        new MeteredBackendRegistry(config.env.AQUEDUCT_IDLE_TIMEOUT_MS, metrics),
     },
     CancellationRegistry,
     HeartbeatService,

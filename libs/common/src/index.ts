@@ -18,3 +18,4 @@ export * from './limits/rate-limiter';
 export * from './usage/usage-record';
 export * from './usage/usage-store';
 export * from './observability';
+export * from './redis/reconnect-delay';

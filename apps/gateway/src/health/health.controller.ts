@@ -1,30 +1,57 @@
-import { ApiError } from '@app/common';
-import { Controller, Get } from '@nestjs/common';
+import { ApiError, COMPLETIONS_QUEUE } from '@app/common';
+import { InjectQueue } from '@nestjs/bullmq';
+import { type BeforeApplicationShutdown, Controller, Get, Header } from '@nestjs/common';
+import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
 import { Public } from '../auth/public.decorator';
 import { InjectRedis } from '../redis/redis.tokens';
 import { WorkerRegistry } from '../workers/worker-registry.service';
 
+/** A probe must answer within its own timeout even when Redis hangs instead of refusing. */
+const REDIS_TIMEOUT_MS = 1_000;
+
+/**
+ * Probes for Kubernetes and compose healthchecks. Both are plain GETs (HEAD works too)
+ * without auth, answer JSON and are never cached.
+ * - `/health` (liveness): 200 while the process serves HTTP; restarting would not fix
+ *   anything it could check, so it checks nothing else.
+ * - `/ready` (readiness): 200 when Redis answers on both connections a request needs (the
+ *   command one for tokens and limits, the queue producer's) and at least one worker is
+ *   alive; 503 (with Retry-After) otherwise, and from the moment the gateway starts shutting
+ *   down, so load balancers stop sending it new requests while in-flight ones finish.
+ */
 @Controller()
 @Public()
-export class HealthController {
+export class HealthController implements BeforeApplicationShutdown {
+  private shuttingDown = false;
+
   constructor(
     @InjectRedis() private readonly redis: Redis,
+    @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue,
     private readonly workers: WorkerRegistry,
   ) {}
 
-  /** Liveness: the process serves HTTP. Touches nothing else on purpose. */
+  beforeApplicationShutdown(): void {
+    this.shuttingDown = true;
+  }
+
   @Get('health')
+  @Header('cache-control', 'no-store')
   health(): { status: 'ok' } {
     return { status: 'ok' };
   }
 
-  /** Readiness: Redis answers and at least one worker is alive. */
   @Get('ready')
+  @Header('cache-control', 'no-store')
   async ready(): Promise<{ status: 'ready'; workers: number }> {
-    try {
-      await this.redis.ping();
-    } catch {
+    if (this.shuttingDown) {
+      throw ApiError.server(503, 'The gateway is shutting down.', 'shutting_down', 1_000);
+    }
+    const [command, queue] = await Promise.all([
+      this.answers(this.redis.ping()),
+      this.answers(this.queue.getJobCounts('waiting')),
+    ]);
+    if (!command || !queue) {
       throw ApiError.server(503, 'Redis is not reachable.', 'redis_unavailable', 1_000);
     }
     const workers = this.workers.alive().length;
@@ -32,5 +59,17 @@ export class HealthController {
       throw ApiError.server(503, 'No worker is alive.', 'no_workers', 2_000);
     }
     return { status: 'ready', workers };
+  }
+
+  private async answers(command: Promise<unknown>): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), REDIS_TIMEOUT_MS)));
+    try {
+      return await Promise.race([command.then(() => true as const), timeout]);
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }

@@ -46,7 +46,7 @@ export function dashboardGuard(config: AppConfig): RequestHandler {
       return;
     }
     try {
-      requireAdmin(credentials, req.headers.authorization, 'The queue dashboard');
+      requireAdmin(credentials, req.headers.authorization, 'the queue dashboard');
     } catch (err) {
       const error = err as ApiError;
       if (error.status === 401) {

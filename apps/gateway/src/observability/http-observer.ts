@@ -34,6 +34,7 @@ export function httpObserver(logger: Logger, metrics: GatewayMetrics, router: Ro
       const status = aborted ? 499 : res.statusCode;
       const route = routeLabel(req, path);
       const model = COMPLETIONS.test(path) ? modelLabel(req, router) : '';
+      const token = tokenId(req);
       metrics.observeRequest({ route, method: req.method, model, status: String(status) }, latencyMs / 1000);
       if (firstTokenMs !== undefined) {
         metrics.observeFirstToken(route, model, firstTokenMs / 1000);
@@ -49,7 +50,7 @@ export function httpObserver(logger: Logger, metrics: GatewayMetrics, router: Ro
           ...(aborted && { aborted: true, status_sent: res.headersSent ? res.statusCode : null }),
           latency_ms: Math.round(latencyMs),
           ...(firstTokenMs !== undefined && { ttft_ms: Math.round(firstTokenMs) }),
-          ...(tokenId(req) !== undefined && { token_id: tokenId(req) }),
+          ...(token !== undefined && { token_id: token }),
           ...(model !== '' && { model }),
         },
         'request completed',
@@ -84,8 +85,9 @@ function modelLabel(req: Request, router: RouterConfig): string {
 }
 
 function tokenId(req: Request): string | undefined {
-  const user = req.user as Partial<TokenRecord> | undefined;
-  return typeof user?.id === 'string' ? user.id : undefined;
+  const user: unknown = req.user;
+  const id = typeof user === 'object' && user !== null ? (user as Partial<TokenRecord>).id : undefined;
+  return typeof id === 'string' ? id : undefined;
 }
 
 /**

@@ -1,4 +1,4 @@
-import { AppConfig, Clock, type WorkerHeartbeat } from '@app/common';
+import { AppConfig, Clock, whenReady, type WorkerHeartbeat } from '@app/common';
 import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
 import type { ServerRedis } from '@nestjs/microservices';
 import type Redis from 'ioredis';
@@ -57,6 +57,8 @@ export class WorkerRegistry implements OnModuleInit {
   }
 
   private async seedFromRedis(): Promise<void> {
+    // The command connection has no offline queue: give it a moment to connect at boot.
+    await whenReady(this.redis, 3_000);
     try {
       const horizon = this.clock.now() - 3 * this.config.env.AQUEDUCT_HEARTBEAT_MS;
       const ids = await this.redis.zrangebyscore(this.config.names.workers, horizon, '+inf');

@@ -1,12 +1,15 @@
 import { AppConfig, Clock, UsageStore, type UsageRecord } from '@app/common';
-import { Injectable, Logger } from '@nestjs/common';
+import { Injectable, Logger, Optional } from '@nestjs/common';
 import type Redis from 'ioredis';
+import { WorkerMetrics } from '../observability/worker-metrics';
 import { InjectPublisher } from '../tokens';
 
 /**
  * Accounts a finished job: the usage record plus the token's rate-limit window, in one
  * script call. Written by the worker because only it knows the real usage, also for
- * streams that failed or whose client went away.
+ * streams that failed or whose client went away. Each job also gets its metrics and one
+ * log line (ids, model, deployment, status, timings and token counts; never the prompt or
+ * the text).
  */
 @Injectable()
 export class WorkerUsage {
@@ -17,15 +20,41 @@ export class WorkerUsage {
     config: AppConfig,
     private readonly clock: Clock,
     @InjectPublisher() redis: Redis,
+    @Optional() private readonly metrics?: WorkerMetrics,
   ) {
     this.store = new UsageStore(redis, config.names, config.env.AQUEDUCT_USAGE_RETENTION_HOURS * 3_600_000);
   }
 
   async record(r: UsageRecord): Promise<void> {
+    this.observe(r);
     try {
       await this.store.record(r, this.clock.now(), true);
     } catch (err) {
       this.logger.warn(`usage of ${r.rid} not recorded: ${(err as Error).message}`);
+    }
+  }
+
+  private observe(r: UsageRecord): void {
+    this.metrics?.observeJob(r);
+    const line = {
+      msg: 'job finished',
+      rid: r.rid,
+      token_id: r.token_id,
+      model: r.model,
+      deployment: r.deployment,
+      route: r.route,
+      status: r.status,
+      outcome: r.outcome,
+      latency_ms: r.latency_ms,
+      ttft_ms: r.ttft_ms,
+      prompt_tokens: r.prompt_tokens,
+      completion_tokens: r.completion_tokens,
+      usage_estimated: r.usage_estimated,
+    };
+    if (r.status >= 500) {
+      this.logger.warn(line);
+    } else {
+      this.logger.log(line);
     }
   }
 }

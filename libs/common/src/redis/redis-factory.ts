@@ -1,5 +1,6 @@
 import { Logger } from '@nestjs/common';
 import Redis, { type RedisOptions } from 'ioredis';
+import { reconnectDelay } from './reconnect-delay';
 
 /**
  * How each kind of connection must behave (BullMQ's production guide):
@@ -22,8 +23,7 @@ export function redisOptions(role: RedisRole, name: string): RedisOptions {
   return {
     ...ROLE_OPTIONS[role],
     connectionName: name,
-    // Reconnect quickly at first, then at most every 2 s, forever: a Redis restart must heal by itself.
-    retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
+    retryStrategy: reconnectDelay,
   };
 }
 
@@ -51,4 +51,20 @@ export async function closeRedis(client: Redis): Promise<void> {
   } catch {
     client.disconnect();
   }
+}
+
+/** Resolves when the client is connected, or after `timeoutMs` (the caller copes with a down Redis). */
+export function whenReady(client: Redis, timeoutMs: number): Promise<void> {
+  if (client.status === 'ready') {
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      client.off('ready', done);
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    client.once('ready', done);
+  });
 }

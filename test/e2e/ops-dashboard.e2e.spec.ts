@@ -1,0 +1,163 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Stack, writeRouterConfig } from '../support/stack';
+
+/**
+ * Operations, item 1: the Bull Board queue dashboard at /admin/queues. Protected by the
+ * admin key in a way a browser can use (HTTP Basic), refused to API tokens, read-only,
+ * and showing job data without request content or credentials. Without an admin key it
+ * does not exist. Also: /metrics behind the admin key when AQUEDUCT_METRICS_REQUIRE_ADMIN.
+ */
+
+const ADMIN_KEY = 'dashboard-admin-key-0123456789';
+const basic = (password: string, user = 'admin') => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+
+describe('queue dashboard', () => {
+  let stack: Stack;
+  let key: string;
+  const get = (path: string, authorization?: string, method = 'GET') =>
+    fetch(`${stack.baseUrl}${path}`, {
+      method,
+      headers: authorization === undefined ? {} : { authorization },
+    });
+
+  beforeAll(async () => {
+    const config = writeRouterConfig(`
+model_list:
+  - model_name: slow
+    litellm_params:
+      model: simulator/lorem
+      ttft_ms: 4000
+`);
+    stack = await Stack.start('ops-dash', {
+      routerConfig: config,
+      env: { AQUEDUCT_ADMIN_KEY: ADMIN_KEY, AQUEDUCT_METRICS_REQUIRE_ADMIN: 'true', WORKER_METRICS_PORT: '0' },
+    });
+    key = await stack.createKey();
+  });
+
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it('asks a browser for the admin key with a Basic challenge', async () => {
+    for (const auth of [undefined, basic('not-the-admin-key'), 'Bearer not-the-admin-key']) {
+      const res = await get('/admin/queues', auth);
+      expect(res.status, String(auth)).toBe(401);
+      expect(res.headers.get('www-authenticate')).toMatch(/^Basic realm="Aqueduct admin"/);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('invalid_api_key');
+    }
+  });
+
+  it('opens with the admin key as the Basic password (any user name) or as a Bearer token', async () => {
+    for (const auth of [basic(ADMIN_KEY), basic(ADMIN_KEY, ''), `Bearer ${ADMIN_KEY}`]) {
+      const res = await get('/admin/queues', auth);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toMatch(/^text\/html/);
+      expect(res.headers.get('x-frame-options')).toBe('DENY');
+      expect(await res.text()).toContain('<!DOCTYPE html>');
+    }
+    // The UI's own assets and API sit under the same prefix and the same protection.
+    expect((await get('/admin/queues/static/images/logo.svg', basic(ADMIN_KEY))).status).toBe(200);
+    expect((await get('/admin/queues/static/images/logo.svg')).status).toBe(401);
+    expect((await get('/admin/queues/api/queues')).status).toBe(401);
+  });
+
+  it('refuses an ordinary API token, as Bearer or as Basic password', async () => {
+    for (const auth of [`Bearer ${key}`, basic(key)]) {
+      const res = await get('/admin/queues', auth);
+      expect(res.status).toBe(403);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('admin_required');
+      expect((await get('/admin/queues/api/queues', auth)).status).toBe(403);
+    }
+  });
+
+  it('shows the completion queue and its jobs without prompts, tokens or keys', async () => {
+    const prompt = `dashboard-prompt-${randomUUID()}`;
+    const upstreamLike = `sk-${randomUUID().replaceAll('-', '')}`;
+    const abort = new AbortController();
+    const inFlight = fetch(`${stack.baseUrl}/v1/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'slow', prompt, max_tokens: 3, stream: true, api_key: upstreamLike }),
+      signal: abort.signal,
+    }).catch(() => undefined);
+    try {
+      let body = '';
+      let jobs: { data: Record<string, unknown>; name: string }[] = [];
+      for (let i = 0; i < 50 && jobs.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        const res = await get(
+          '/admin/queues/api/queues?activeQueue=completions&status=active&page=1&jobsPerPage=10',
+          basic(ADMIN_KEY),
+        );
+        expect(res.status).toBe(200);
+        body = await res.text();
+        const queues = (JSON.parse(body) as { queues: { name: string; readOnlyMode: boolean; jobs: typeof jobs }[] })
+          .queues;
+        expect(queues.map((q) => q.name)).toEqual(['completions']);
+        expect(queues[0]?.readOnlyMode).toBe(true);
+        jobs = queues[0]?.jobs ?? [];
+      }
+      expect(jobs).toHaveLength(1);
+      const data = jobs[0]?.data as { model: string; tokenId: string; params: Record<string, unknown> };
+      expect(jobs[0]?.name).toBe('slow');
+      expect(data.model).toBe('slow');
+      expect(data.tokenId).toMatch(/^tok_/);
+      expect(data.params.prompt).toBe(`[redacted: ${prompt.length} characters]`);
+      expect(data.params.max_tokens).toBe(3);
+      for (const secret of [prompt, key, upstreamLike, ADMIN_KEY]) {
+        expect(body).not.toContain(secret);
+      }
+      // Read-only: actions are refused by Bull Board itself.
+      const pause = await get('/admin/queues/api/queues/completions/pause', basic(ADMIN_KEY), 'PUT');
+      expect(pause.status).toBe(405);
+    } finally {
+      abort.abort();
+      await inFlight;
+    }
+  });
+
+  it('puts /metrics behind the admin key when AQUEDUCT_METRICS_REQUIRE_ADMIN is set', async () => {
+    const open = await get('/metrics');
+    expect(open.status).toBe(401);
+    expect(open.headers.get('www-authenticate')).toMatch(/^Basic /);
+    expect((await get('/metrics', `Bearer ${key}`)).status).toBe(403);
+    const scraped = await get('/metrics', basic(ADMIN_KEY, 'prometheus'));
+    expect(scraped.status).toBe(200);
+    expect(await scraped.text()).toContain('aqueduct_http_requests_total');
+    expect((await get('/metrics', `Bearer ${ADMIN_KEY}`)).status).toBe(200);
+    // Probes stay open.
+    expect((await get('/health')).status).toBe(200);
+    expect((await get('/ready')).status).toBe(200);
+  });
+});
+
+describe('queue dashboard without an admin key', () => {
+  let stack: Stack;
+
+  beforeAll(async () => {
+    stack = await Stack.start('ops-nodash', { env: { WORKER_METRICS_PORT: '0' } });
+  });
+
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it('answers 404 like the rest of /admin, whatever the credentials', async () => {
+    const key = await stack.createKey();
+    for (const path of ['/admin/queues', '/admin/queues/', '/admin/queues/api/queues', '/admin/queues/static/x.js']) {
+      const variants: Record<string, string>[] = [
+        {},
+        { authorization: `Bearer ${key}` },
+        { authorization: basic('anything') },
+      ];
+      for (const headers of variants) {
+        const res = await fetch(`${stack.baseUrl}${path}`, { headers });
+        expect(res.status, path).toBe(404);
+        expect(res.headers.get('www-authenticate')).toBeNull();
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
+      }
+    }
+  });
+});
