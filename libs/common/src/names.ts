@@ -26,6 +26,12 @@ export function redisNames(prefix: string) {
     usageByModel: (model: string) => `${prefix}:usage:model:${model}`,
     /** Flag that a request was cancelled; the fallback when the control message is lost. */
     cancelFlag: (rid: string) => `${prefix}:cancel:${rid}`,
+    /**
+     * Who owns one attempt: set with NX by the worker at pickup, or by the gateway when it
+     * withdraws the job. Exactly one wins, so exactly one of them writes the usage record
+     * (BullMQ's remove() cannot tell "removed" from "already gone").
+     */
+    claim: (rid: string, att: number) => `${prefix}:claim:${rid}.${att}`,
     /** ZSET worker id → epoch ms of its last heartbeat; lets a fresh gateway see live workers. */
     workers: `${prefix}:workers`,
     /** Control-plane patterns carried by the @nestjs/microservices Redis transport. */

@@ -106,7 +106,7 @@ export class CompletionsService {
 
     // A job that never reached a worker is logged here; one that did, by its worker.
     const withdraw = async (att: number, status: number, outcome: UsageOutcome) => {
-      if (await this.queue.removeIfWaiting(rid, att)) {
+      if (await this.queue.withdraw(rid, att, deadline)) {
         this.record(rid, meta, token, model.name, status, outcome);
       }
     };

@@ -1,11 +1,15 @@
 import {
   ApiError,
+  AppConfig,
+  claimTtlMs,
   COMPLETIONS_QUEUE,
   completionJobId,
   type CompletionJobData,
   type CompletionJobResult,
 } from '@app/common';
 import { InjectQueue } from '@nestjs/bullmq';
+import type Redis from 'ioredis';
+import { InjectRedis } from '../redis/redis.tokens';
 import { Injectable, Logger } from '@nestjs/common';
 import type { Queue } from 'bullmq';
 
@@ -14,7 +18,11 @@ import type { Queue } from 'bullmq';
 export class CompletionQueue {
   private readonly logger = new Logger(CompletionQueue.name);
 
-  constructor(@InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue<CompletionJobData, CompletionJobResult>) {
+  constructor(
+    @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue<CompletionJobData, CompletionJobResult>,
+    @InjectRedis() private readonly redis: Redis,
+    private readonly config: AppConfig,
+  ) {
     // BullMQ emits 'error' on connection problems; an EventEmitter without a listener would crash.
     queue.on('error', (err: Error) => this.logger.warn(`queue: ${err.message}`));
   }
@@ -38,10 +46,19 @@ export class CompletionQueue {
     }
   }
 
-  /** Removes a job that no worker has taken yet; false when it is active or gone. */
-  async removeIfWaiting(rid: string, att: number): Promise<boolean> {
+  /**
+   * Withdraws a job that no worker has claimed yet: true when the gateway won the claim
+   * (the job will never run, so the gateway accounts for it), false when a worker has it.
+   */
+  async withdraw(rid: string, att: number, deadline: number): Promise<boolean> {
     try {
-      return (await this.queue.remove(completionJobId(rid, att))) === 1;
+      const ttl = claimTtlMs(deadline, Date.now());
+      const won = await this.redis.set(this.config.names.claim(rid, att), 'gateway', 'PX', ttl, 'NX');
+      if (won === null) {
+        return false;
+      }
+      await this.queue.remove(completionJobId(rid, att)); // best effort: a worker would drop it anyway
+      return true;
     } catch {
       return false;
     }

@@ -1,6 +1,7 @@
 import {
   ApiError,
   AppConfig,
+  claimTtlMs,
   Clock,
   COMPLETION_JOB_VERSION,
   type CompletionJobData,
@@ -63,6 +64,9 @@ export class CompletionRunner {
 
   async run(data: CompletionJobData): Promise<CompletionJobResult> {
     const state: JobState = { usage: null, pieces: 0, chars: 0 };
+    if (!(await this.claim(data))) {
+      return { outcome: 'cancelled' }; // the gateway withdrew it and accounted for it
+    }
     const abort = this.cancellations.register(data.rid);
     if (abort === undefined) {
       await this.account(data, state, { outcome: 'cancelled' });
@@ -87,6 +91,17 @@ export class CompletionRunner {
     await out.flush();
     await this.account(data, state, result);
     return result;
+  }
+
+  /** Takes ownership of the attempt; false when the gateway already withdrew it. */
+  private async claim(data: CompletionJobData): Promise<boolean> {
+    try {
+      const key = this.config.names.claim(data.rid, data.att);
+      const ttl = claimTtlMs(data.deadline, this.clock.now());
+      return (await this.redis.set(key, this.identity.id, 'PX', ttl, 'NX')) !== null;
+    } catch {
+      return false; // Redis is down: nothing could be relayed or accounted anyway
+    }
   }
 
   private check(data: CompletionJobData): ModelEntry {

@@ -36,6 +36,11 @@ export interface CompletionJobResult {
   status?: number;
 }
 
+/** How long an attempt's claim key lives: a minute past its deadline, when no worker may start it any more. */
+export function claimTtlMs(deadline: number, now: number): number {
+  return Math.max(0, deadline - now) + 60_000;
+}
+
 /** BullMQ job ids may not contain ':' and must be unique per attempt. */
 export function completionJobId(rid: string, att: number): string {
   return `${rid}.${att}`;

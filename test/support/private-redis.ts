@@ -1,0 +1,102 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createConnection } from 'node:net';
+import { freePort } from './stack';
+
+/**
+ * A throw-away `redis-server` on its own free port, for tests that stop or restart Redis
+ * itself (the shared Redis at REDIS_URL is never touched). No persistence: a restart
+ * comes back empty, as a fresh failover replica would.
+ */
+export class PrivateRedis {
+  private child?: ChildProcess;
+  private exited?: Promise<void>;
+  private log = '';
+
+  private constructor(readonly port: number) {}
+
+  static async start(): Promise<PrivateRedis> {
+    const redis = new PrivateRedis(await freePort());
+    await redis.launch();
+    return redis;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** What the server printed (for failure messages). */
+  output(): string {
+    return this.log;
+  }
+
+  /** Stops the server (SIGKILL by default: an outage, not a clean shutdown) and waits for the exit. */
+  async stop(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const child = this.child;
+    if (child === undefined || !this.running) {
+      return;
+    }
+    child.kill(signal);
+    await this.exited;
+  }
+
+  /** Starts the server again on the same port (empty), and waits until it answers PING. */
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.launch();
+  }
+
+  /** True when the server answers PING within `timeoutMs`. */
+  ping(timeoutMs = 500): Promise<boolean> {
+    return new Promise((resolve) => {
+      const socket = createConnection({ host: '127.0.0.1', port: this.port });
+      const finish = (ok: boolean) => {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve(ok);
+      };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      let reply = '';
+      socket.once('error', () => finish(false));
+      socket.once('connect', () => socket.write('PING\r\n'));
+      socket.on('data', (d: Buffer) => {
+        reply += d.toString();
+        if (reply.includes('\r\n')) {
+          finish(reply.startsWith('+PONG'));
+        }
+      });
+    });
+  }
+
+  private async launch(): Promise<void> {
+    const child = spawn(
+      'redis-server',
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', ''],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    this.child = child;
+    child.stdout?.on('data', (d: Buffer) => (this.log = (this.log + d.toString()).slice(-20_000)));
+    child.stderr?.on('data', (d: Buffer) => (this.log = (this.log + d.toString()).slice(-20_000)));
+    this.exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    // Never outlive the test process, even when it dies without cleaning up.
+    const killOnExit = () => child.kill('SIGKILL');
+    process.once('exit', killOnExit);
+    void this.exited.then(() => process.off('exit', killOnExit));
+
+    const until = Date.now() + 10_000;
+    while (Date.now() < until) {
+      if (!this.running) {
+        throw new Error(`redis-server exited at start:\n${this.log}`);
+      }
+      if (await this.ping()) {
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGKILL');
+    throw new Error(`redis-server on port ${this.port} did not answer PING within 10 s:\n${this.log}`);
+  }
+}
