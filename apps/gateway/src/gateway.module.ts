@@ -59,8 +59,8 @@ import { WorkerRegistry } from './workers/worker-registry.service';
           ...parseRedisUrl(config.env.REDIS_URL),
           enableOfflineQueue: false,
           maxRetriesPerRequest: 1,
-          // Concurrent jobs' commands share one socket write per tick (measured: fewer syscalls, less CPU).
-          enableAutoPipelining: true,
+          // No auto-pipelining here: ioredis builds a Pipeline per tick that copies every defined
+          // script, and BullMQ defines dozens (measured: more CPU per request, not less).
           retryStrategy: reconnectDelay,
         },
       }),

@@ -64,23 +64,27 @@ export class CompletionRunner {
 
   async run(data: CompletionJobData): Promise<CompletionJobResult> {
     const state: JobState = { usage: null, pieces: 0, chars: 0 };
-    if (!(await this.claim(data))) {
+    const abort = this.cancellations.register(data.rid);
+    const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
+      abort?.abort(new RelayLostError(why)),
+    );
+    // Claim and `start` leave in one socket write (auto-pipelining); if the gateway had
+    // already withdrawn the job, its session is gone and drops the `start`.
+    const claimed = this.claim(data);
+    const model = this.config.router.resolve(data.model);
+    out.send({ t: 'start', workerId: this.identity.id, deployment: model?.deployments[0]?.id ?? '' });
+    if (!(await claimed)) {
+      this.cancellations.release(data.rid);
       return { outcome: 'cancelled' }; // the gateway withdrew it and accounted for it
     }
-    const abort = this.cancellations.register(data.rid);
     if (abort === undefined) {
       await this.account(data, state, { outcome: 'cancelled' });
       return { outcome: 'cancelled' };
     }
-    const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
-      abort.abort(new RelayLostError(why)),
-    );
     const stopTimers = this.startTimers(data, abort, out, state);
     let result: CompletionJobResult;
     try {
-      const model = this.check(data);
-      out.send({ t: 'start', workerId: this.identity.id, deployment: model.deployments[0]?.id ?? '' });
-      await this.execute(data, model, abort.signal, out, state);
+      await this.execute(data, this.check(data, model), abort.signal, out, state);
       result = { outcome: 'ok', deployment: state.deployment };
     } catch (err) {
       result = this.report(err, abort.signal, out, state.deployment);
@@ -88,8 +92,10 @@ export class CompletionRunner {
       stopTimers();
       this.cancellations.release(data.rid);
     }
+    // Accounting is issued before awaiting the last publish, so both share a socket write.
+    const accounted = this.account(data, state, result);
     await out.flush();
-    await this.account(data, state, result);
+    await accounted;
     return result;
   }
 
@@ -104,14 +110,13 @@ export class CompletionRunner {
     }
   }
 
-  private check(data: CompletionJobData): ModelEntry {
+  private check(data: CompletionJobData, model: ModelEntry | undefined): ModelEntry {
     if (data.v !== COMPLETION_JOB_VERSION) {
       throw ApiError.server(500, `This worker cannot run job version ${String(data.v)}; upgrade the workers.`);
     }
     if (this.clock.now() >= data.deadline) {
       throw new DeadlineError();
     }
-    const model = this.config.router.resolve(data.model);
     if (model === undefined) {
       throw ApiError.server(500, `The worker has no deployment for model '${data.model}' (router configs differ).`);
     }
