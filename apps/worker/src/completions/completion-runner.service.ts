@@ -8,8 +8,6 @@ import {
   type CompletionJobResult,
   type Deployment,
   type ModelEntry,
-  type Usage,
-  type UsageOutcome,
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
 import type Redis from 'ioredis';
@@ -17,23 +15,12 @@ import { BackendError } from '../backends/backend-error';
 import { BackendRegistry } from '../backends/backend-registry';
 import { CancellationRegistry, CancelledError } from '../control/cancellation.registry';
 import { InjectPublisher } from '../tokens';
-import { estimatePromptTokens } from '../usage/usage-estimate';
+import { jobUsageRecord } from '../usage/job-usage';
 import { WorkerUsage } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
 import { DeploymentSlots } from './deployment-slots';
+import type { JobState } from './job-state';
 import { RelayPublisher } from './relay-publisher';
-
-/** What one job produced, for its usage record. */
-interface JobState {
-  deployment?: string;
-  /** The deployment whose max_parallel_requests slot this job holds, if any. */
-  holding?: Deployment;
-  usage: Usage | null;
-  firstTokenAt?: number;
-  /** Text pieces sent, for estimating usage when the backend reports none. */
-  pieces: number;
-  chars: number;
-}
 
 class DeadlineError extends Error {}
 class RelayLostError extends Error {}
@@ -78,7 +65,7 @@ export class CompletionRunner {
       return { outcome: 'cancelled' }; // the gateway withdrew it and accounted for it
     }
     if (abort === undefined) {
-      await this.account(data, state, { outcome: 'cancelled' });
+      await this.usage.record(jobUsageRecord(data, state, { outcome: 'cancelled' }, this.clock.now()));
       return { outcome: 'cancelled' };
     }
     const stopTimers = this.startTimers(data, abort, out, state);
@@ -93,7 +80,7 @@ export class CompletionRunner {
       this.cancellations.release(data.rid);
     }
     // Accounting is issued before awaiting the last publish, so both share a socket write.
-    const accounted = this.account(data, state, result);
+    const accounted = this.usage.record(jobUsageRecord(data, state, result, this.clock.now()));
     await out.flush();
     await accounted;
     return result;
@@ -178,39 +165,6 @@ export class CompletionRunner {
         await this.slots.release(d, data.rid).catch(() => undefined);
       }
     }
-  }
-
-  /** Writes the usage record and adds the tokens to the rate-limit window. */
-  private async account(data: CompletionJobData, state: JobState, result: CompletionJobResult): Promise<void> {
-    const now = this.clock.now();
-    const outcome: UsageOutcome =
-      result.outcome === 'ok'
-        ? 'ok'
-        : result.outcome === 'cancelled'
-          ? 'client_disconnected'
-          : result.outcome === 'expired'
-            ? 'timeout'
-            : 'error';
-    await this.usage.record({
-      rid: data.rid,
-      token_id: data.tokenId,
-      model: data.model,
-      deployment: state.deployment ?? null,
-      route: data.meta.route,
-      status: result.status ?? (outcome === 'client_disconnected' ? 499 : 200),
-      outcome,
-      started_at: data.meta.startedAt,
-      latency_ms: now - data.meta.startedAt,
-      ttft_ms: state.firstTokenAt === undefined ? null : state.firstTokenAt - data.meta.startedAt,
-      // Without backend usage, a request that produced nothing is charged nothing.
-      prompt_tokens: state.usage?.prompt_tokens ?? (state.chars > 0 ? estimatePromptTokens(data.params.prompt) : 0),
-      completion_tokens: state.usage?.completion_tokens ?? (data.stream ? state.pieces : Math.ceil(state.chars / 4)),
-      usage_estimated: state.usage === null && state.chars > 0,
-      user: data.meta.user,
-      user_id: data.meta.userId,
-      ip: data.meta.ip,
-      user_agent: data.meta.userAgent,
-    });
   }
 
   private report(
