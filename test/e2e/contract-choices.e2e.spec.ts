@@ -2,6 +2,7 @@ import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type CompletionChunk,
+  contractModels,
   demux,
   fakeUpstreamText,
   parseSse,
@@ -10,8 +11,9 @@ import {
   type StreamChoice,
   textsByIndex,
 } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import type { FakeUpstream } from '../support/fake-upstream';
+import type { Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
 
 interface Completion {
   id: string;
@@ -62,22 +64,7 @@ describe('contract: choices, usage and generation parameters', () => {
   let client: OpenAI;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: echo
-    litellm_params:
-      model: simulator/echo
-  - model_name: lorem
-    litellm_params:
-      model: simulator/lorem
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
-    stack = await Stack.start('contract-choices', { routerConfig: config });
-    key = await stack.createKey();
+    ({ upstream, stack, key } = await startUpstreamStack('contract-choices', {}, contractModels));
     client = sdk(stack, key);
   });
 

@@ -9,7 +9,8 @@ import {
 } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectOpenAIError, raw, rejection, sdk } from '../support/contract-helpers';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { simulatorDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
 
 const MAX_BODY = 65_536;
 
@@ -24,23 +25,12 @@ describe('contract: HTTP surface', () => {
   let client: OpenAI;
 
   beforeAll(async () => {
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: echo
-    litellm_params:
-      model: simulator/echo
-    model_info:
-      aliases: [echo-alias]
-  - model_name: multi
-    litellm_params:
-      model: simulator/echo
-  - model_name: multi
-    litellm_params:
-      model: simulator/lorem
-  - model_name: org/slashed
-    litellm_params:
-      model: simulator/echo
-`);
+    const config = writeModelList(
+      simulatorDeployment('echo', 'echo', {}, { aliases: ['echo-alias'] }),
+      simulatorDeployment('multi', 'echo'),
+      simulatorDeployment('multi', 'lorem'),
+      simulatorDeployment('org/slashed', 'echo'),
+    );
     stack = await Stack.start('contract-http', {
       routerConfig: config,
       env: { AQUEDUCT_MAX_BODY_BYTES: String(MAX_BODY) },

@@ -1,9 +1,10 @@
 import type OpenAI from 'openai';
 import { BadRequestError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectOpenAIError, probe, raw, rejection, sdk } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { contractModels, expectOpenAIError, probe, raw, rejection, sdk } from '../support/contract-helpers';
+import type { FakeUpstream } from '../support/fake-upstream';
+import type { Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
 
 /**
  * Contract: every /v1/completions request parameter is validated with its OpenAI type,
@@ -18,22 +19,7 @@ describe('contract: completion request parameters', () => {
   let client: OpenAI;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: echo
-    litellm_params:
-      model: simulator/echo
-  - model_name: lorem
-    litellm_params:
-      model: simulator/lorem
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
-    stack = await Stack.start('contract-params', { routerConfig: config });
-    key = await stack.createKey();
+    ({ upstream, stack, key } = await startUpstreamStack('contract-params', {}, contractModels));
     client = sdk(stack, key);
   });
 

@@ -11,8 +11,10 @@ import {
   rejection,
   sdk,
 } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { freePort, Stack, writeRouterConfig } from '../support/stack';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { upstreamDeployment } from '../support/router-config';
+import { freePort, type Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
 
 const UPSTREAM_KEY = 'upstream-secret-4f9a2b71c0';
 
@@ -49,40 +51,22 @@ describe('contract: upstream failures and late commit', () => {
   let client: OpenAI;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const [closedA, closedB] = [await freePort(), await freePort()];
-    const deployment = (model: string, extra = '') => `
-    litellm_params:
-      model: openai/${model}
-      api_base: ${upstream.url}
-      api_key: os.environ/CONTRACT_UPSTREAM_KEY${extra}`;
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up${deployment('fake-model')}
-  - model_name: up-unauthorized${deployment('unauthorized')}
-  - model_name: up-missing${deployment('missing-model')}
-  - model_name: slow${deployment('fake-model', '\n      timeout: 1')}
-  - model_name: refused
-    litellm_params:
-      model: openai/fake-model
-      api_base: http://127.0.0.1:${closedA}/v1
-      api_key: os.environ/CONTRACT_UPSTREAM_KEY
-  - model_name: refused
-    litellm_params:
-      model: openai/fake-model
-      api_base: http://127.0.0.1:${closedB}/v1
-      api_key: os.environ/CONTRACT_UPSTREAM_KEY
-  - model_name: failover
-    litellm_params:
-      model: openai/fake-model
-      api_base: http://127.0.0.1:${closedA}/v1
-  - model_name: failover${deployment('fake-model')}
-`);
-    stack = await Stack.start('contract-upstream', {
-      routerConfig: config,
-      env: { CONTRACT_UPSTREAM_KEY: UPSTREAM_KEY, AQUEDUCT_IDLE_TIMEOUT_MS: '2000' },
-    });
-    key = await stack.createKey();
+    const env = { CONTRACT_UPSTREAM_KEY: UPSTREAM_KEY, AQUEDUCT_IDLE_TIMEOUT_MS: '2000' };
+    ({ upstream, stack, key } = await startUpstreamStack('contract-upstream', { env }, async (url) => {
+      // Ports nobody listens on: connections to them are refused.
+      const [closedA, closedB] = [await freePort(), await freePort()];
+      const keyed = { api_key: 'os.environ/CONTRACT_UPSTREAM_KEY' };
+      return [
+        upstreamDeployment('up', url, keyed),
+        upstreamDeployment('up-unauthorized', url, { model: 'openai/unauthorized', ...keyed }),
+        upstreamDeployment('up-missing', url, { model: 'openai/missing-model', ...keyed }),
+        upstreamDeployment('slow', url, { ...keyed, timeout: 1 }),
+        upstreamDeployment('refused', `http://127.0.0.1:${closedA}/v1`, keyed),
+        upstreamDeployment('refused', `http://127.0.0.1:${closedB}/v1`, keyed),
+        upstreamDeployment('failover', `http://127.0.0.1:${closedA}/v1`),
+        upstreamDeployment('failover', url, keyed),
+      ];
+    }));
     client = sdk(stack, key);
   });
 

@@ -3,8 +3,12 @@ import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fakeUpstreamText } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { openStream } from '../support/http';
+import { queueLength, usageRecords } from '../support/redis-state';
+import type { Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
+import { waitUntil } from '../support/wait';
 
 /**
  * Issue items 1 and 7: a client that goes away (mid-stream or before the first token), or
@@ -12,59 +16,6 @@ import { Stack, writeRouterConfig } from '../support/stack';
  * process to whichever worker holds the job, the upstream request is aborted within a
  * second, the job ends, its usage record says so, and gateway memory stays bounded.
  */
-
-interface LiveStream {
-  /** SSE `data:` payloads in arrival order. */
-  data: string[];
-  status?: number;
-  /** Settles when the body ends or fails (never rejects). */
-  finished: Promise<void>;
-  abort: () => void;
-}
-
-/** Opens a completion request; `pauseMs` leaves the body unread that long after the headers. */
-function openStream(base: string, key: string, body: Record<string, unknown>, pauseMs = 0): LiveStream {
-  const controller = new AbortController();
-  const live: LiveStream = { data: [], finished: Promise.resolve(), abort: () => controller.abort() };
-  live.finished = (async () => {
-    try {
-      const res = await fetch(`${base}/v1/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-        signal: controller.signal,
-      });
-      live.status = res.status;
-      await new Promise((r) => setTimeout(r, pauseMs));
-      const decoder = new TextDecoder();
-      let buffer = '';
-      for await (const bytes of res.body ?? []) {
-        buffer += decoder.decode(bytes as Uint8Array, { stream: true });
-        const frames = buffer.split('\n\n');
-        buffer = frames.pop() ?? '';
-        for (const f of frames) {
-          if (f.startsWith('data: ')) {
-            live.data.push(f.slice(6));
-          }
-        }
-      }
-    } catch {
-      // aborted by the test, or cut by the gateway
-    }
-  })();
-  return live;
-}
-
-async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<number> {
-  const started = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - started > timeoutMs) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return Date.now() - started;
-}
 
 /** Peak resident memory (VmHWM) of a process, in bytes. */
 function peakRss(pid: number): number {
@@ -78,17 +29,8 @@ describe('faults: clients that disconnect or read slowly', () => {
   let key: string;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
     // Two workers: the cancel must reach whichever one holds each job.
-    stack = await Stack.start('faults-clients', { routerConfig: config, workers: 2 });
-    key = await stack.createKey();
+    ({ upstream, stack, key } = await startUpstreamStack('faults-clients', { workers: 2 }));
   });
 
   afterAll(async () => {
@@ -97,15 +39,9 @@ model_list:
   });
 
   const upstreamSaw = (probe: string) => upstream.requests.filter((r) => r.body.probe === probe).length;
-  const activeJobs = () => stack.redis.llen(`${stack.prefix}:bull:completions:active`);
-  const waitingJobs = () => stack.redis.llen(`${stack.prefix}:bull:completions:wait`);
-
-  async function usageOf(userId: string): Promise<Record<string, unknown> | undefined> {
-    const entries = await stack.redis.xrange(`${stack.prefix}:usage:log`, '-', '+');
-    return entries
-      .map(([, f]) => JSON.parse(f[1] ?? '{}') as Record<string, unknown>)
-      .find((r) => r.user_id === userId);
-  }
+  const activeJobs = () => queueLength(stack, 'active');
+  const waitingJobs = () => queueLength(stack, 'wait');
+  const usageOf = async (userId: string) => (await usageRecords(stack)).find((r) => r.user_id === userId);
 
   async function expectCancelled(probes: string[], userIds: string[], abortedAt: number): Promise<void> {
     await waitUntil('the upstream requests to be aborted', () => upstream.inFlight() === 0, 5_000);
@@ -135,7 +71,7 @@ model_list:
       };
       return { probe, userId, live: openStream(stack.baseUrl, key, body) };
     });
-    await waitUntil('two chunks on every stream', () => streams.every((s) => s.live.data.length >= 2));
+    await waitUntil('two chunks on every stream', () => streams.every((s) => s.live.events.length >= 2));
     expect(upstream.inFlight()).toBe(6);
     expect(streams.every((s) => s.live.status === 200)).toBe(true);
     const abortedAt = Date.now();
@@ -177,10 +113,10 @@ model_list:
     const live = openStream(stack.baseUrl, key, { model: 'up', prompt, max_tokens: 400, stream: true }, 2_000);
     await live.finished;
     expect(live.status).toBe(200);
-    expect(live.data.at(-1)).toBe('[DONE]');
-    const text = live.data
+    expect(live.events.at(-1)?.data).toBe('[DONE]');
+    const text = live.events
       .slice(0, -1)
-      .map((d) => (JSON.parse(d) as { choices: { text: string }[] }).choices.map((c) => c.text).join(''))
+      .map((e) => (JSON.parse(e.data) as { choices: { text: string }[] }).choices.map((c) => c.text).join(''))
       .join('');
     expect(text).toBe(fakeUpstreamText(prompt));
   });

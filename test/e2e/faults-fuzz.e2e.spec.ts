@@ -2,7 +2,8 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { simulatorDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
 
 /**
  * Issue item 9: at least 1 000 random and malformed requests (bodies, headers, encodings,
@@ -294,12 +295,7 @@ describe('faults: fuzzed requests', () => {
   let key: string;
 
   beforeAll(async () => {
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: sim
-    litellm_params:
-      model: simulator/lorem
-`);
+    const config = writeModelList(simulatorDeployment('sim', 'lorem'));
     stack = await Stack.start('faults-fuzz', {
       routerConfig: config,
       env: { AQUEDUCT_MAX_BODY_BYTES: String(MAX_BODY) },

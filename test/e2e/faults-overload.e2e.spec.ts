@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectOpenAIError, fakeUpstreamText, parseSse, raw } from '../support/contract-helpers';
 import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { type ProcessHandle, Stack, writeRouterConfig } from '../support/stack';
+import { postCompletion } from '../support/http';
+import { socketOwner } from '../support/processes';
+import { queueLength } from '../support/redis-state';
+import { upstreamDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
+import { waitUntil } from '../support/wait';
 
 /**
  * Issue item 8: overload. A deployment's max_parallel_requests holds across all workers
@@ -14,41 +18,6 @@ const CAP = 3;
 const MAX_QUEUE_DEPTH = 5;
 const PER_WORKER = 3;
 
-async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const started = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - started > timeoutMs) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/** The process holding the TCP connection whose local port is `localPort` (Linux /proc). */
-function socketOwner(localPort: number, remotePort: number, candidates: ProcessHandle[]): ProcessHandle | undefined {
-  const hex = (n: number) => `:${n.toString(16).toUpperCase().padStart(4, '0')}`;
-  const inode = ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((f) => readFileSync(f, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .find((f) => f[1]?.endsWith(hex(localPort)) && f[2]?.endsWith(hex(remotePort)))?.[9];
-  return inode === undefined
-    ? undefined
-    : candidates.find((w) => {
-        const dir = `/proc/${w.child.pid}/fd`;
-        try {
-          return readdirSync(dir).some((fd) => {
-            try {
-              return readlinkSync(`${dir}/${fd}`) === `socket:[${inode}]`;
-            } catch {
-              return false;
-            }
-          });
-        } catch {
-          return false;
-        }
-      });
-}
-
 describe('faults: overload', () => {
   let capped: FakeUpstream;
   let open: FakeUpstream;
@@ -57,18 +26,10 @@ describe('faults: overload', () => {
 
   beforeAll(async () => {
     [capped, open] = await Promise.all([startFakeUpstream(), startFakeUpstream()]);
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: capped
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${capped.url}
-      max_parallel_requests: ${CAP}
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${open.url}
-`);
+    const config = writeModelList(
+      upstreamDeployment('capped', capped.url, { max_parallel_requests: CAP }),
+      upstreamDeployment('up', open.url),
+    );
     stack = await Stack.start('faults-overload', {
       routerConfig: config,
       workers: 2,
@@ -83,7 +44,7 @@ model_list:
     await Promise.all([capped?.close(), open?.close()]);
   });
 
-  const waiting = () => stack.redis.llen(`${stack.prefix}:bull:completions:wait`);
+  const waiting = () => queueLength(stack, 'wait');
 
   it(`max_parallel_requests ${CAP} holds across two workers: the upstream never sees more than ${CAP}`, async () => {
     const prompts = Array.from({ length: 9 }, (_, i) => `capped ${i} a b c d e f`);
@@ -114,12 +75,12 @@ model_list:
   it('slots of cancelled requests are given back at once', async () => {
     const controllers = Array.from({ length: CAP }, () => new AbortController());
     const pending = controllers.map((c) =>
-      fetch(`${stack.baseUrl}/v1/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'capped', prompt: 'hold', stream: true, fake_ttft_ms: 30_000 }),
-        signal: c.signal,
-      }).catch(() => undefined),
+      postCompletion(
+        stack.baseUrl,
+        key,
+        { model: 'capped', prompt: 'hold', stream: true, fake_ttft_ms: 30_000 },
+        c.signal,
+      ).catch(() => undefined),
     );
     await waitUntil('all slots taken', () => capped.inFlight() === CAP);
     controllers.forEach((c) => c.abort());
@@ -137,12 +98,12 @@ model_list:
     }));
     // Every worker slot busy, then the queue filled up to its limit.
     const pending = holders.map(({ probe, controller }) =>
-      fetch(`${stack.baseUrl}/v1/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'up', prompt: 'hold', fake_ttft_ms: 30_000, probe }),
-        signal: controller.signal,
-      }).catch(() => undefined),
+      postCompletion(
+        stack.baseUrl,
+        key,
+        { model: 'up', prompt: 'hold', fake_ttft_ms: 30_000, probe },
+        controller.signal,
+      ).catch(() => undefined),
     );
     await waitUntil('the queue to fill', async () => (await waiting()) === MAX_QUEUE_DEPTH);
     await new Promise((r) => setTimeout(r, 700)); // the gateway refreshes its depth twice a second

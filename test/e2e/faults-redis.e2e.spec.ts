@@ -2,10 +2,14 @@ import { randomUUID } from 'node:crypto';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisNames, TokenStore } from '../../libs/common/src';
-import { expectOpenAIError, fakeUpstreamText, parseSse, raw } from '../support/contract-helpers';
+import { expectOpenAIError, fakeUpstreamText, parseSse, raw, streamedText } from '../support/contract-helpers';
 import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
+import { openStream, sseOf } from '../support/http';
 import { PrivateRedis } from '../support/private-redis';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { readyWorkers } from '../support/processes';
+import { upstreamDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
+import { waitUntil as pollUntil } from '../support/wait';
 
 /**
  * Issue item 5: Redis goes down. Requests get 503 at once (no hang), /ready says 503, a
@@ -20,47 +24,9 @@ const IDLE_MS = 1_500;
  */
 const OUTAGE_MS = 12_000;
 
-interface LiveStream {
-  events: { at: number; data: string }[];
-  finished: Promise<void>;
-}
-
-function openStream(base: string, key: string, body: Record<string, unknown>): LiveStream {
-  const live: LiveStream = { events: [], finished: Promise.resolve() };
-  live.finished = (async () => {
-    try {
-      const res = await fetch(`${base}/v1/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-      const decoder = new TextDecoder();
-      let buffer = '';
-      for await (const bytes of res.body ?? []) {
-        buffer += decoder.decode(bytes as Uint8Array, { stream: true });
-        const frames = buffer.split('\n\n');
-        buffer = frames.pop() ?? '';
-        for (const f of frames.filter((x) => x.startsWith('data: '))) {
-          live.events.push({ at: Date.now(), data: f.slice(6) });
-        }
-      }
-    } catch {
-      // judged from what arrived
-    }
-  })();
-  return live;
-}
-
-async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<number> {
-  const started = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - started > timeoutMs) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return Date.now() - started;
-}
+/** `waitUntil` polling every 20 ms, as this suite always has (the shared default is 10 ms). */
+const waitUntil = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000) =>
+  pollUntil(what, cond, timeoutMs, 20);
 
 describe('faults: Redis down and back', () => {
   let redis: PrivateRedis;
@@ -73,15 +39,8 @@ describe('faults: Redis down and back', () => {
   beforeAll(async () => {
     redis = await PrivateRedis.start();
     upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
     stack = await Stack.start('faults-redis', {
-      routerConfig: config,
+      routerConfig: writeModelList(upstreamDeployment('up', upstream.url)),
       workers: 2,
       env: { REDIS_URL: redis.url, AQUEDUCT_IDLE_TIMEOUT_MS: String(IDLE_MS), AQUEDUCT_HEARTBEAT_MS: '300' },
       // One job per worker: two requests in flight at once prove that both workers consume.
@@ -116,7 +75,7 @@ model_list:
       const downAt = Date.now();
       await redis.stop('SIGKILL');
       await stream.finished;
-      const sse = parseSse(stream.events.map((e) => `data: ${e.data}\n\n`).join(''));
+      const sse = sseOf(stream);
       expect(sse.errors, 'one error event, not a silent end or a hang').toHaveLength(1);
       expect(sse.errors[0]?.error.type).toBe('server_error');
       expect(stream.events.at(-1)!.at - downAt).toBeLessThan(IDLE_MS + 1_500);
@@ -186,18 +145,13 @@ model_list:
     // Ready means ready: not seconds of 503s after /ready says 200.
     expect(okAt - (readyAt ?? okAt), `requests succeed once /ready is 200. ${report}`).toBeLessThan(2_000);
     expect((whole?.json as { choices: { text: string }[] }).choices[0]?.text).toBe(fakeUpstreamText('back again'));
-    await waitUntil('both workers to heartbeat again', async () => {
-      const res = await fetch(`${stack.baseUrl}/ready`);
-      return res.status === 200 && ((await res.json()) as { workers: number }).workers === 2;
-    });
+    await waitUntil('both workers to heartbeat again', async () => (await readyWorkers(stack)) === 2);
 
     // Streams work again (the relay inbox is subscribed again).
     const streamed = await raw(stack, { model: 'up', prompt: 'streaming again', stream: true }, { key });
     expect(streamed.status, streamed.text).toBe(200);
     const sse = parseSse(streamed.text);
-    expect(sse.chunks.map((c) => c.choices.map((x) => x.text).join('')).join('')).toBe(
-      fakeUpstreamText('streaming again'),
-    );
+    expect(streamedText(sse)).toBe(fakeUpstreamText('streaming again'));
     expect(sse.data.at(-1)).toBe('[DONE]');
 
     // Both workers take jobs again: with one job each, two requests are at the upstream at once.

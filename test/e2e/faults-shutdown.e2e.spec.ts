@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fakeUpstreamText, parseSse } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { type ProcessHandle, Stack, writeRouterConfig } from '../support/stack';
+import { fakeUpstreamText, streamedText } from '../support/contract-helpers';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { type LiveStream, openStream, postCompletion, sseOf } from '../support/http';
+import { alive, socketOwner, waitForWorkers } from '../support/processes';
+import { queueLength } from '../support/redis-state';
+import type { ProcessHandle, Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
+import { waitUntil } from '../support/wait';
 
 /**
  * Issue item 3: graceful shutdown. A SIGTERMed worker stops taking jobs, finishes its
@@ -16,83 +20,7 @@ const GATEWAY_GRACE_MS = 2_000;
 const WORKER_GRACE_MS = 4_000;
 const ITL_MS = 200;
 
-interface LiveStream {
-  status?: number;
-  events: { at: number; data: string }[];
-  finished: Promise<void>;
-  endedAt?: number;
-}
-
-function openStream(base: string, key: string, body: Record<string, unknown>): LiveStream {
-  const live: LiveStream = { events: [], finished: Promise.resolve() };
-  live.finished = (async () => {
-    try {
-      const res = await fetch(`${base}/v1/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-      live.status = res.status;
-      const decoder = new TextDecoder();
-      let buffer = '';
-      for await (const bytes of res.body ?? []) {
-        buffer += decoder.decode(bytes as Uint8Array, { stream: true });
-        const frames = buffer.split('\n\n');
-        buffer = frames.pop() ?? '';
-        for (const f of frames.filter((x) => x.startsWith('data: '))) {
-          live.events.push({ at: Date.now(), data: f.slice(6) });
-        }
-      }
-    } catch {
-      // judged from what arrived
-    }
-    live.endedAt = Date.now();
-  })();
-  return live;
-}
-
-const sseOf = (s: LiveStream) => parseSse(s.events.map((e) => `data: ${e.data}\n\n`).join(''));
-const textOf = (s: LiveStream) =>
-  sseOf(s)
-    .chunks.map((c) => c.choices.map((x) => x.text).join(''))
-    .join('');
-
-async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const started = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - started > timeoutMs) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-const alive = (w: ProcessHandle) => w.child.exitCode === null && w.child.signalCode === null;
-
-/** The process holding the TCP connection whose local port is `localPort` (Linux /proc). */
-function socketOwner(localPort: number, remotePort: number, candidates: ProcessHandle[]): ProcessHandle | undefined {
-  const hex = (n: number) => `:${n.toString(16).toUpperCase().padStart(4, '0')}`;
-  const inode = ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((f) => readFileSync(f, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .find((f) => f[1]?.endsWith(hex(localPort)) && f[2]?.endsWith(hex(remotePort)))?.[9];
-  return inode === undefined
-    ? undefined
-    : candidates.find((w) => {
-        const dir = `/proc/${w.child.pid}/fd`;
-        try {
-          return readdirSync(dir).some((fd) => {
-            try {
-              return readlinkSync(`${dir}/${fd}`) === `socket:[${inode}]`;
-            } catch {
-              return false;
-            }
-          });
-        } catch {
-          return false;
-        }
-      });
-}
+const textOf = (s: LiveStream) => streamedText(sseOf(s));
 
 /** Sends SIGTERM; resolves with the exit time. */
 const terminate = (p: ProcessHandle) => p.stop('SIGTERM').then(() => Date.now());
@@ -103,16 +31,7 @@ describe('faults: graceful shutdown', () => {
   let key: string;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
-    stack = await Stack.start('faults-shutdown', {
-      routerConfig: config,
+    ({ upstream, stack, key } = await startUpstreamStack('faults-shutdown', {
       workers: 1,
       env: {
         AQUEDUCT_SHUTDOWN_GRACE_MS: String(GATEWAY_GRACE_MS),
@@ -122,8 +41,7 @@ model_list:
       },
       // One job per worker, so which worker runs what is under the test's control.
       workerEnv: { AQUEDUCT_SHUTDOWN_GRACE_MS: String(WORKER_GRACE_MS), WORKER_CONCURRENCY: '1' },
-    });
-    key = await stack.createKey();
+    }));
   });
 
   afterAll(async () => {
@@ -133,13 +51,6 @@ model_list:
 
   const requestsOf = (probe: string) => upstream.requests.filter((r) => r.body.probe === probe);
   const words = (n: number, tag: string) => Array.from({ length: n }, (_, i) => `${tag}${i}`).join(' ');
-
-  async function gatewaySees(n: number): Promise<void> {
-    await waitUntil(`the gateway to count ${n} live workers`, async () => {
-      const res = await fetch(`${stack.baseUrl}/ready`);
-      return res.status === 200 && ((await res.json()) as { workers: number }).workers === n;
-    });
-  }
 
   /** Starts a stream and waits until its upstream request is held by a worker; returns both. */
   async function streamOn(base: string, prompt: string) {
@@ -160,14 +71,14 @@ model_list:
     const long = await streamOn(stack.baseUrl, words(25, 'b')); // ~5 s on the first worker
     expect(long.holder).toBe(busy);
     const leaving = stack.addWorker();
-    await gatewaySees(2);
+    await waitForWorkers(stack, 2);
     const inFlight = await streamOn(stack.baseUrl, words(10, 'a')); // ~2 s on the new worker
     expect(inFlight.holder).toBe(leaving);
     // Both workers are busy: this one waits in the queue.
     const waiting = randomUUID();
     const queued = openStream(stack.baseUrl, key, { model: 'up', prompt: 'c1 c2', stream: true, probe: waiting });
     await waitUntil('the third request to be queued', async () => {
-      return (await stack.redis.llen(`${stack.prefix}:bull:completions:wait`)) === 1;
+      return (await queueLength(stack, 'wait')) === 1;
     });
 
     const termAt = Date.now();
@@ -199,7 +110,7 @@ model_list:
   it('worker SIGTERM past the grace period: its stream gets one error event; it exits; the upstream is freed', async () => {
     await Promise.all(stack.workers.filter(alive).map(terminate));
     const short = stack.addWorker({ AQUEDUCT_SHUTDOWN_GRACE_MS: '1000' });
-    await gatewaySees(1);
+    await waitForWorkers(stack, 1);
     const s = await streamOn(stack.baseUrl, words(40, 'd')); // ~8 s
     expect(s.holder).toBe(short);
     await waitUntil('two chunks', () => s.live.events.length >= 2);
@@ -220,7 +131,7 @@ model_list:
   it('gateway SIGTERM: refuses new requests at once, finishes its open stream, then exits', async () => {
     stack.addWorker({ WORKER_CONCURRENCY: '4' });
     const base = await stack.addGateway();
-    await gatewaySees(1);
+    await waitForWorkers(stack, 1);
     const gateway = stack.extraGateways.at(-1)!.handle;
     const s = await streamOn(base, words(6, 'e')); // ~1.2 s
     await waitUntil('the first chunk', () => s.live.events.length >= 1);
@@ -228,11 +139,7 @@ model_list:
     const exited = terminate(gateway);
     await new Promise((r) => setTimeout(r, 200));
 
-    const refused = await fetch(`${base}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'up', prompt: 'too late' }),
-    }).then(
+    const refused = await postCompletion(base, key, { model: 'up', prompt: 'too late' }).then(
       (res) => res.status,
       () => 'connection refused',
     );

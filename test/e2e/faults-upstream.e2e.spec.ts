@@ -1,8 +1,12 @@
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectOpenAIError, fakeUpstreamText, parseSse, raw } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { postCompletion, recordSse, sseOf, type TimedEvent } from '../support/http';
+import { connectionsTo } from '../support/processes';
+import { upstreamDeployment } from '../support/router-config';
+import type { Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
+import { waitUntil } from '../support/wait';
 
 /**
  * Issue item 6: upstream faults, with their timing. A hang before the answer is a 504 at
@@ -16,50 +20,15 @@ const DEPLOYMENT_TIMEOUT_MS = 1_000;
 
 interface TimedStream {
   status: number;
-  events: { at: number; data: string }[];
+  events: TimedEvent[];
 }
 
-/** A stream request that notes when each `data:` event arrived. */
+/** A stream request, read to the end, that notes when each `data:` event arrived. */
 async function timedStream(base: string, key: string, body: Record<string, unknown>): Promise<TimedStream> {
-  const res = await fetch(`${base}/v1/completions`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ ...body, stream: true }),
-  });
-  const events: TimedStream['events'] = [];
-  const decoder = new TextDecoder();
-  let buffer = '';
-  for await (const bytes of res.body ?? []) {
-    buffer += decoder.decode(bytes as Uint8Array, { stream: true });
-    const frames = buffer.split('\n\n');
-    buffer = frames.pop() ?? '';
-    for (const f of frames.filter((x) => x.startsWith('data: '))) {
-      events.push({ at: Date.now(), data: f.slice(6) });
-    }
-  }
+  const res = await postCompletion(base, key, { ...body, stream: true });
+  const events: TimedEvent[] = [];
+  await recordSse(res, events);
   return { status: res.status, events };
-}
-
-const sseOf = (s: TimedStream) => parseSse(s.events.map((e) => `data: ${e.data}\n\n`).join(''));
-
-/** Established TCP connections to `port`, counted on the server side (Linux /proc). */
-function connectionsTo(port: number): number {
-  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((f) => readFileSync(f, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .filter((f) => f[1]?.endsWith(hex) && f[3] === '01').length;
-}
-
-async function waitUntil(what: string, cond: () => boolean, timeoutMs: number): Promise<number> {
-  const started = Date.now();
-  while (!cond()) {
-    if (Date.now() - started > timeoutMs) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return Date.now() - started;
 }
 
 describe('faults: upstream failures, timing and sockets', () => {
@@ -68,25 +37,14 @@ describe('faults: upstream failures, timing and sockets', () => {
   let key: string;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-  - model_name: timed
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-      timeout: ${DEPLOYMENT_TIMEOUT_MS / 1000}
-`);
-    stack = await Stack.start('faults-upstream', {
-      routerConfig: config,
-      workers: 2,
-      env: { AQUEDUCT_IDLE_TIMEOUT_MS: String(IDLE_MS) },
-    });
-    key = await stack.createKey();
+    ({ upstream, stack, key } = await startUpstreamStack(
+      'faults-upstream',
+      { workers: 2, env: { AQUEDUCT_IDLE_TIMEOUT_MS: String(IDLE_MS) } },
+      (url) => [
+        upstreamDeployment('up', url),
+        upstreamDeployment('timed', url, { timeout: DEPLOYMENT_TIMEOUT_MS / 1000 }),
+      ],
+    ));
   });
 
   afterAll(async () => {

@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fakeUpstreamText, parseSse, raw } from '../support/contract-helpers';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { type ProcessHandle, Stack, writeRouterConfig } from '../support/stack';
+import { fakeUpstreamText, parseSse, raw, streamedText } from '../support/contract-helpers';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { openStream, sseOf } from '../support/http';
+import { alive, socketOwner, waitForWorkers } from '../support/processes';
+import { queueLength } from '../support/redis-state';
+import type { ProcessHandle, Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
+import { waitUntil } from '../support/wait';
 
 /**
  * Issue items 2 and 4: workers that die. SIGKILL mid-stream → one error event within the
@@ -15,96 +19,13 @@ import { type ProcessHandle, Stack, writeRouterConfig } from '../support/stack';
 const IDLE_MS = 1_500;
 const HEARTBEAT_MS = 300;
 
-interface LiveStream {
-  status?: number;
-  /** `data:` payloads with their arrival time. */
-  events: { at: number; data: string }[];
-  finished: Promise<void>;
-  endedAt?: number;
-}
-
-function openStream(base: string, key: string, body: Record<string, unknown>): LiveStream {
-  const live: LiveStream = { events: [], finished: Promise.resolve() };
-  live.finished = (async () => {
-    try {
-      const res = await fetch(`${base}/v1/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-      live.status = res.status;
-      const decoder = new TextDecoder();
-      let buffer = '';
-      for await (const bytes of res.body ?? []) {
-        buffer += decoder.decode(bytes as Uint8Array, { stream: true });
-        const frames = buffer.split('\n\n');
-        buffer = frames.pop() ?? '';
-        for (const f of frames.filter((x) => x.startsWith('data: '))) {
-          live.events.push({ at: Date.now(), data: f.slice(6) });
-        }
-      }
-    } catch {
-      // a cut connection is judged by the assertions, from what arrived
-    }
-    live.endedAt = Date.now();
-  })();
-  return live;
-}
-
-async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const started = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - started > timeoutMs) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-const alive = (w: ProcessHandle) => w.child.exitCode === null && w.child.signalCode === null;
-
-/** The process holding the TCP connection whose local port is `localPort` (Linux /proc). */
-function socketOwner(localPort: number, remotePort: number, candidates: ProcessHandle[]): ProcessHandle | undefined {
-  const hex = (n: number) => `:${n.toString(16).toUpperCase().padStart(4, '0')}`;
-  const inode = ['/proc/net/tcp', '/proc/net/tcp6']
-    .flatMap((f) => readFileSync(f, 'utf8').split('\n').slice(1))
-    .map((line) => line.trim().split(/\s+/))
-    .find((f) => f[1]?.endsWith(hex(localPort)) && f[2]?.endsWith(hex(remotePort)))?.[9];
-  if (inode === undefined) {
-    return undefined;
-  }
-  return candidates.find((w) => {
-    const dir = `/proc/${w.child.pid}/fd`;
-    try {
-      return readdirSync(dir).some((fd) => {
-        try {
-          return readlinkSync(`${dir}/${fd}`) === `socket:[${inode}]`;
-        } catch {
-          return false;
-        }
-      });
-    } catch {
-      return false;
-    }
-  });
-}
-
 describe('faults: workers that die', () => {
   let upstream: FakeUpstream;
   let stack: Stack;
   let key: string;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
-    stack = await Stack.start('faults-workers', {
-      routerConfig: config,
+    ({ upstream, stack, key } = await startUpstreamStack('faults-workers', {
       workers: 3,
       env: {
         AQUEDUCT_IDLE_TIMEOUT_MS: String(IDLE_MS),
@@ -112,9 +33,8 @@ model_list:
         // Long enough that failures before the first token stay real HTTP statuses.
         AQUEDUCT_COMMIT_TIMEOUT_MS: '30000',
       },
-    });
-    key = await stack.createKey();
-    await gatewaySees(3);
+    }));
+    await waitForWorkers(stack, 3, 15_000);
   });
 
   afterAll(async () => {
@@ -125,21 +45,11 @@ model_list:
   const live = () => stack.workers.filter(alive);
   const requestsOf = (probe: string) => upstream.requests.filter((r) => r.body.probe === probe);
 
-  async function readyWorkers(): Promise<number> {
-    const res = await fetch(`${stack.baseUrl}/ready`);
-    return res.status === 200 ? ((await res.json()) as { workers: number }).workers : 0;
-  }
-
-  /** Waits until the gateway counts exactly `n` live workers. */
-  async function gatewaySees(n: number): Promise<void> {
-    await waitUntil(`the gateway to count ${n} live workers`, async () => (await readyWorkers()) === n, 15_000);
-  }
-
   async function ensureWorkers(n: number): Promise<void> {
     while (live().length < n) {
       stack.addWorker();
     }
-    await gatewaySees(live().length);
+    await waitForWorkers(stack, live().length, 15_000);
   }
 
   /** The worker holding the upstream request number `index` of `probe`. */
@@ -166,7 +76,7 @@ model_list:
     await stream.finished;
 
     expect(stream.status).toBe(200);
-    const sse = parseSse(stream.events.map((e) => `data: ${e.data}\n\n`).join(''));
+    const sse = sseOf(stream);
     expect(sse.errors, 'exactly one error event, not a silent end').toHaveLength(1);
     expect(sse.errors[0]?.error.type).toBe('server_error');
     const errorAt = stream.events.find((e) => e.data.startsWith('{"error"'))!.at;
@@ -174,7 +84,7 @@ model_list:
     // Nothing but [DONE] may follow the error; the text before it is a true prefix.
     const afterError = sse.data.slice(sse.data.indexOf(JSON.stringify(sse.errors[0])) + 1);
     expect(afterError.every((d) => d === '[DONE]')).toBe(true);
-    const text = sse.chunks.map((c) => c.choices.map((x) => x.text).join('')).join('');
+    const text = streamedText(sse);
     expect(text.length).toBeGreaterThan(0);
     expect(fakeUpstreamText(prompt).startsWith(text)).toBe(true);
     expect(text).not.toBe(fakeUpstreamText(prompt));
@@ -196,9 +106,7 @@ model_list:
 
       expect(res.status, res.text).toBe(200);
       const text = streamed
-        ? parseSse(res.text)
-            .chunks.map((c) => c.choices.map((x) => x.text).join(''))
-            .join('')
+        ? streamedText(parseSse(res.text))
         : (res.json as { choices: { text: string }[] }).choices[0]?.text;
       // Exactly the upstream's answer: nothing lost, nothing doubled by the re-run.
       expect(text).toBe(fakeUpstreamText(prompt));
@@ -236,7 +144,7 @@ model_list:
   it('with no live worker: 503 + Retry-After at once, streamed or not, and /ready is 503', async () => {
     await Promise.all(live().map((w) => w.stop('SIGKILL')));
     await waitUntil('/ready to report no worker', async () => (await fetch(`${stack.baseUrl}/ready`)).status === 503);
-    const waitingBefore = await stack.redis.llen(`${stack.prefix}:bull:completions:wait`);
+    const waitingBefore = await queueLength(stack, 'wait');
     for (const stream of [false, true]) {
       const started = Date.now();
       const res = await raw(stack, { model: 'up', prompt: 'anyone there', stream }, { key });
@@ -245,7 +153,7 @@ model_list:
       expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       expect((res.json as { error: { type: string } }).error.type).toBe('server_error');
     }
-    expect(await stack.redis.llen(`${stack.prefix}:bull:completions:wait`)).toBe(waitingBefore);
+    expect(await queueLength(stack, 'wait')).toBe(waitingBefore);
   });
 
   it('a request sent while the only worker restarts quickly waits for it and completes', async () => {
@@ -262,9 +170,7 @@ model_list:
 
     expect(res.status, res.text).toBe(200);
     const sse = parseSse(res.text);
-    expect(sse.chunks.map((c) => c.choices.map((x) => x.text).join('')).join('')).toBe(
-      fakeUpstreamText('patience pays'),
-    );
+    expect(streamedText(sse)).toBe(fakeUpstreamText('patience pays'));
     expect(sse.data.at(-1)).toBe('[DONE]');
     expect(socketOwner(requestsOf(probe)[0]!.remotePort!, upstream.port, [replacement])).toBe(replacement);
   });

@@ -1,6 +1,9 @@
 import OpenAI, { PermissionDeniedError, RateLimitError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { postCompletion } from '../support/http';
+import { usageRecords } from '../support/redis-state';
+import { simulatorDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
 
 const ADMIN_KEY = 'admin-key-for-tests-0123456789';
 
@@ -10,22 +13,11 @@ describe('limits, access and accounting', () => {
   let second: string;
 
   beforeAll(async () => {
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: sim
-    litellm_params:
-      model: simulator/lorem
-  - model_name: slow
-    litellm_params:
-      model: simulator/lorem
-      itl_ms: 40
-  - model_name: cheap
-    litellm_params:
-      model: simulator/lorem
-    model_info:
-      aliases: [cheap-alias]
-      request_limit_multiplier: 2
-`);
+    const config = writeModelList(
+      simulatorDeployment('sim', 'lorem'),
+      simulatorDeployment('slow', 'lorem', { itl_ms: 40 }),
+      simulatorDeployment('cheap', 'lorem', {}, { aliases: ['cheap-alias'], request_limit_multiplier: 2 }),
+    );
     stack = await Stack.start('limits', { routerConfig: config, env: { AQUEDUCT_ADMIN_KEY: ADMIN_KEY } });
     second = await stack.addGateway();
   });
@@ -34,18 +26,11 @@ model_list:
     await stack?.stop();
   });
 
-  const post = (base: string, key: string, body: Record<string, unknown>) =>
-    fetch(`${base}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
-
   it('lets exactly the limit through when 30 requests race on two gateway instances', async () => {
     const key = await stack.createKey({ requests_per_minute: 5 });
     const results = await Promise.all(
       Array.from({ length: 30 }, (_, i) =>
-        post(i % 2 === 0 ? stack.baseUrl : second, key, { model: 'sim', prompt: `r${i}` }),
+        postCompletion(i % 2 === 0 ? stack.baseUrl : second, key, { model: 'sim', prompt: `r${i}` }),
       ),
     );
     const statuses = results.map((r) => r.status);
@@ -67,7 +52,7 @@ model_list:
       await stack.createKey({ requests_per_minute: 2 }),
     ];
     const run = (key: string) =>
-      Promise.all([1, 2, 3].map(() => post(stack.baseUrl, key, { model: 'sim', prompt: 'x' })));
+      Promise.all([1, 2, 3].map(() => postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x' })));
     for (const results of [await run(a), await run(b)]) {
       expect(results.map((r) => r.status).sort()).toEqual([200, 200, 429]);
     }
@@ -75,7 +60,7 @@ model_list:
 
   it('sends x-ratelimit headers on successes, and the SDK sees RateLimitError', async () => {
     const key = await stack.createKey({ requests_per_minute: 1, output_tokens_per_minute: 1000 });
-    const ok = await post(stack.baseUrl, key, { model: 'sim', prompt: 'x' });
+    const ok = await postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x' });
     expect(ok.status).toBe(200);
     expect(ok.headers.get('x-ratelimit-limit-requests')).toBe('1');
     expect(ok.headers.get('x-ratelimit-remaining-requests')).toBe('0');
@@ -88,17 +73,17 @@ model_list:
   it('applies the model multiplier: multiplier 2 costs half a request', async () => {
     const key = await stack.createKey({ requests_per_minute: 2 });
     const results = await Promise.all(
-      Array.from({ length: 6 }, () => post(stack.baseUrl, key, { model: 'cheap-alias', prompt: 'x' })),
+      Array.from({ length: 6 }, () => postCompletion(stack.baseUrl, key, { model: 'cheap-alias', prompt: 'x' })),
     );
     expect(results.filter((r) => r.status === 200)).toHaveLength(4);
   });
 
   it('refuses once the window holds the output-token limit, counting real usage', async () => {
     const key = await stack.createKey({ output_tokens_per_minute: 10 });
-    const first = await post(stack.baseUrl, key, { model: 'sim', prompt: 'x', max_tokens: 12 });
+    const first = await postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x', max_tokens: 12 });
     expect(first.status).toBe(200);
     await new Promise((r) => setTimeout(r, 200)); // the worker accounts usage as the job ends
-    const second = await post(stack.baseUrl, key, { model: 'sim', prompt: 'x', max_tokens: 12 });
+    const second = await postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x', max_tokens: 12 });
     expect(second.status).toBe(429);
     expect(((await second.json()) as { error: { type: string } }).error.type).toBe('tokens');
   });
@@ -106,12 +91,8 @@ model_list:
   it('counts the tokens of a stream whose client disconnected, and logs the outcome', async () => {
     const token = await stack.tokens.create({ name: 'disconnect', output_tokens_per_minute: 1000 });
     const controller = new AbortController();
-    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token.key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'slow', prompt: 'x', max_tokens: 100, stream: true, user_id: 'u-42' }),
-      signal: controller.signal,
-    });
+    const body = { model: 'slow', prompt: 'x', max_tokens: 100, stream: true, user_id: 'u-42' };
+    const res = await postCompletion(stack.baseUrl, token.key, body, controller.signal);
     const reader = res.body!.getReader();
     let text = '';
     while ((text.match(/"text":"[^"]+"/g) ?? []).length < 3) {
@@ -122,10 +103,7 @@ model_list:
     let record: Record<string, unknown> | undefined;
     for (let i = 0; i < 50 && record === undefined; i++) {
       await new Promise((r) => setTimeout(r, 100));
-      const entries = await stack.redis.xrange(`${stack.prefix}:usage:log`, '-', '+');
-      record = entries
-        .map(([, f]) => JSON.parse(f[1] ?? '{}') as Record<string, unknown>)
-        .find((r) => r.token_id === token.token.id);
+      record = (await usageRecords(stack)).find((r) => r.token_id === token.token.id);
     }
     expect(record).toMatchObject({
       outcome: 'client_disconnected',
@@ -156,9 +134,9 @@ model_list:
 
   it('refuses an expired token', async () => {
     const { key } = await stack.tokens.create({ name: 'brief', expires_in: 1 });
-    expect((await post(stack.baseUrl, key, { model: 'sim', prompt: 'x' })).status).toBe(200);
+    expect((await postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x' })).status).toBe(200);
     await new Promise((r) => setTimeout(r, 2_100));
-    const res = await post(stack.baseUrl, key, { model: 'sim', prompt: 'x' });
+    const res = await postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x' });
     expect(res.status).toBe(401);
     expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/^Expired API key/);
   });
@@ -185,7 +163,7 @@ model_list:
       const token = (await created.json()) as { id: string; key: string; expires_at: number; created_at: number };
       expect(token.key).toMatch(/^sk-aq-/);
       expect(token.expires_at - token.created_at).toBe(86_400);
-      expect((await post(second, token.key, { model: 'sim', prompt: 'x' })).status).toBe(200);
+      expect((await postCompletion(second, token.key, { model: 'sim', prompt: 'x' })).status).toBe(200);
 
       const listed = await (await admin('/admin/tokens')).text();
       expect(listed).toContain(token.id);
@@ -194,7 +172,7 @@ model_list:
 
       expect((await admin(`/admin/tokens/${token.id}`, { method: 'DELETE' })).status).toBe(200);
       await new Promise((r) => setTimeout(r, 1_100));
-      expect((await post(second, token.key, { model: 'sim', prompt: 'x' })).status).toBe(401);
+      expect((await postCompletion(second, token.key, { model: 'sim', prompt: 'x' })).status).toBe(401);
       expect((await admin('/admin/tokens/tok_unknown', { method: 'DELETE' })).status).toBe(404);
     });
 
@@ -207,7 +185,7 @@ model_list:
 
   it('never stores a plaintext key anywhere in Redis', async () => {
     const key = await stack.createKey({ requests_per_minute: 100 });
-    expect((await post(stack.baseUrl, key, { model: 'sim', prompt: 'x', stream: true })).status).toBe(200);
+    expect((await postCompletion(stack.baseUrl, key, { model: 'sim', prompt: 'x', stream: true })).status).toBe(200);
     const dump: string[] = [];
     let cursor = '0';
     do {

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { postCompletion } from '../support/http';
+import { simulatorDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
 
 /**
  * Operations, item 1: the Bull Board queue dashboard at /admin/queues. Protected by the
@@ -22,13 +24,7 @@ describe('queue dashboard', () => {
     });
 
   beforeAll(async () => {
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: slow
-    litellm_params:
-      model: simulator/lorem
-      ttft_ms: 4000
-`);
+    const config = writeModelList(simulatorDeployment('slow', 'lorem', { ttft_ms: 4000 }));
     stack = await Stack.start('ops-dash', {
       routerConfig: config,
       env: { AQUEDUCT_ADMIN_KEY: ADMIN_KEY, AQUEDUCT_METRICS_REQUIRE_ADMIN: 'true', WORKER_METRICS_PORT: '0' },
@@ -76,12 +72,8 @@ model_list:
     const prompt = `dashboard-prompt-${randomUUID()}`;
     const upstreamLike = `sk-${randomUUID().replaceAll('-', '')}`;
     const abort = new AbortController();
-    const inFlight = fetch(`${stack.baseUrl}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'slow', prompt, max_tokens: 3, stream: true, api_key: upstreamLike }),
-      signal: abort.signal,
-    }).catch(() => undefined);
+    const body = { model: 'slow', prompt, max_tokens: 3, stream: true, api_key: upstreamLike };
+    const inFlight = postCompletion(stack.baseUrl, key, body, abort.signal).catch(() => undefined);
     try {
       let body = '';
       let jobs: { data: Record<string, unknown>; name: string }[] = [];

@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { raw } from '../support/contract-helpers';
 import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import { simulatorDeployment, upstreamDeployment, writeModelList } from '../support/router-config';
+import { Stack } from '../support/stack';
 
 /**
  * Operations, item 4: structured JSON logs. A full request cycle at LOG_LEVEL=trace, then
@@ -25,30 +27,19 @@ describe('structured logs', () => {
   let lines: Record<string, unknown>[] = [];
   let output = '';
 
+  /** One completion request, its request id noted in `rids` (in order) to find its log lines. */
   const post = async (body: Record<string, unknown>, bearer = key) => {
-    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
+    const res = await raw(stack, body, { key: bearer });
     rids.push(res.headers.get('x-request-id') ?? '');
-    return { status: res.status, text: await res.text() };
+    return res;
   };
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-      api_key: os.environ/OPS_UPSTREAM_KEY
-  - model_name: sim
-    litellm_params:
-      model: simulator/lorem
-      itl_ms: 1
-`);
+    const config = writeModelList(
+      upstreamDeployment('up', upstream.url, { api_key: 'os.environ/OPS_UPSTREAM_KEY' }),
+      simulatorDeployment('sim', 'lorem', { itl_ms: 1 }),
+    );
     stack = await Stack.start('ops-logs', {
       routerConfig: config,
       env: {

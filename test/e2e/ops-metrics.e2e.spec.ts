@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { freePort, type ProcessHandle, Stack, writeRouterConfig } from '../support/stack';
+import { postCompletion } from '../support/http';
+import { simulatorDeployment, upstreamDeployment, writeModelList } from '../support/router-config';
+import { freePort, type ProcessHandle, Stack } from '../support/stack';
 
 /**
  * Operations, items 2 and 3: Prometheus metrics on the gateway (`/metrics`) and on each
@@ -64,35 +66,17 @@ describe('metrics and readiness', () => {
   const gatewayUrl = () => `${stack.baseUrl}/metrics`;
 
   const complete = (body: Record<string, unknown>, signal?: AbortSignal) =>
-    fetch(`${stack.baseUrl}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-      signal,
-    });
+    postCompletion(stack.baseUrl, key, body, signal);
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
     const deadPort = await freePort();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: sim
-    litellm_params:
-      model: simulator/lorem
-      itl_ms: 1
-  - model_name: slow
-    litellm_params:
-      model: simulator/lorem
-      ttft_ms: 5000
-  - model_name: flaky
-    litellm_params:
-      model: openai/fake
-      api_base: http://127.0.0.1:${deadPort}/v1
-  - model_name: flaky
-    litellm_params:
-      model: openai/fake
-      api_base: ${upstream.url}
-`);
+    const config = writeModelList(
+      simulatorDeployment('sim', 'lorem', { itl_ms: 1 }),
+      simulatorDeployment('slow', 'lorem', { ttft_ms: 5000 }),
+      upstreamDeployment('flaky', `http://127.0.0.1:${deadPort}/v1`, { model: 'openai/fake' }),
+      upstreamDeployment('flaky', upstream.url, { model: 'openai/fake' }),
+    );
     workerMetricsPort = await freePort();
     stack = await Stack.start('ops-metrics', {
       routerConfig: config,

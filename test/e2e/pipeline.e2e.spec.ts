@@ -1,7 +1,10 @@
 import OpenAI, { AuthenticationError, NotFoundError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { postCompletion } from '../support/http';
+import { simulatorDeployment, upstreamDeployment } from '../support/router-config';
+import type { Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
 
 /** The whole pipeline with real processes: gateway → BullMQ → worker → upstream → pub/sub → client. */
 describe('pipeline end to end', () => {
@@ -11,30 +14,18 @@ describe('pipeline end to end', () => {
   let client: OpenAI;
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-      api_key: os.environ/TEST_UPSTREAM_KEY
-  - model_name: sim
-    litellm_params:
-      model: simulator/lorem
-      itl_ms: 1
-    model_info:
-      aliases: [sim-alias]
-  - model_name: echo
-    litellm_params:
-      model: simulator/echo
-`);
-    stack = await Stack.start('pipeline', {
-      routerConfig: config,
-      env: { TEST_UPSTREAM_KEY: 'upstream-secret-key-123' },
-      workerEnv: { TEST_UPSTREAM_KEY: 'upstream-secret-key-123' },
-    });
-    key = await stack.createKey();
+    ({ upstream, stack, key } = await startUpstreamStack(
+      'pipeline',
+      {
+        env: { TEST_UPSTREAM_KEY: 'upstream-secret-key-123' },
+        workerEnv: { TEST_UPSTREAM_KEY: 'upstream-secret-key-123' },
+      },
+      (url) => [
+        upstreamDeployment('up', url, { api_key: 'os.environ/TEST_UPSTREAM_KEY' }),
+        simulatorDeployment('sim', 'lorem', { itl_ms: 1 }, { aliases: ['sim-alias'] }),
+        simulatorDeployment('echo', 'echo'),
+      ],
+    ));
     client = new OpenAI({ apiKey: key, baseURL: `${stack.baseUrl}/v1`, maxRetries: 0 });
   });
 
@@ -91,11 +82,7 @@ model_list:
   });
 
   it('writes SSE frames exactly, with no usage chunk unless asked', async () => {
-    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'echo', prompt: 'a b', stream: true }),
-    });
+    const res = await postCompletion(stack.baseUrl, key, { model: 'echo', prompt: 'a b', stream: true });
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
     expect(res.headers.get('cache-control')).toContain('no-cache');
@@ -187,12 +174,8 @@ model_list:
 
   it('aborts the upstream request when the client disconnects mid-stream', async () => {
     const controller = new AbortController();
-    const res = await fetch(`${stack.baseUrl}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'up', prompt: 'w '.repeat(200), max_tokens: 200, stream: true, fake_itl_ms: 50 }),
-      signal: controller.signal,
-    });
+    const body = { model: 'up', prompt: 'w '.repeat(200), max_tokens: 200, stream: true, fake_itl_ms: 50 };
+    const res = await postCompletion(stack.baseUrl, key, body, controller.signal);
     const reader = res.body!.getReader();
     await reader.read();
     expect(upstream.inFlight()).toBe(1);

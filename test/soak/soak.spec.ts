@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
-import { Stack, writeRouterConfig } from '../support/stack';
+import type { FakeUpstream } from '../support/fake-upstream';
+import { postCompletion, readSse } from '../support/http';
+import { queueLength, usageRecords } from '../support/redis-state';
+import type { Stack } from '../support/stack';
+import { startUpstreamStack } from '../support/upstream-stack';
 
 /**
  * Issue item 10: a soak. SOAK_STREAMS streams (400 by default, as `npm test` runs it;
@@ -95,34 +98,22 @@ async function runStream(base: string, key: string, plan: Plan): Promise<Receive
     ms: 0,
   };
   try {
-    const res = await fetch(`${base}/v1/completions`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: 'up',
-        prompt,
-        max_tokens: plan.words + 1,
-        n: plan.n,
-        stream: true,
-        ...(plan.usage && { stream_options: { include_usage: true } }),
-        fake_itl_ms: plan.itl,
-        probe: `soak-${plan.i}`,
-        user_id: `soak-${plan.i}`,
-      }),
-      signal: controller.signal,
-    });
+    const body = {
+      model: 'up',
+      prompt,
+      max_tokens: plan.words + 1,
+      n: plan.n,
+      stream: true,
+      ...(plan.usage && { stream_options: { include_usage: true } }),
+      fake_itl_ms: plan.itl,
+      probe: `soak-${plan.i}`,
+      user_id: `soak-${plan.i}`,
+    };
+    const res = await postCompletion(base, key, body, controller.signal);
     got.status = res.status;
-    const decoder = new TextDecoder();
-    let buffer = '';
-    for await (const bytes of res.body ?? []) {
-      buffer += decoder.decode(bytes as Uint8Array, { stream: true });
-      const frames = buffer.split('\n\n');
-      buffer = frames.pop() ?? '';
-      for (const frame of frames) {
-        if (!frame.startsWith('data: ')) {
-          continue;
-        }
-        const data = frame.slice(6);
+    // One batch per network read: the disconnect check below runs between reads, not between events.
+    for await (const batch of readSse(res)) {
+      for (const data of batch) {
         if (data === '[DONE]') {
           got.done = true;
           continue;
@@ -174,17 +165,8 @@ describe('soak', () => {
   let gateways: string[];
 
   beforeAll(async () => {
-    upstream = await startFakeUpstream();
-    const config = writeRouterConfig(`
-model_list:
-  - model_name: up
-    litellm_params:
-      model: openai/fake-model
-      api_base: ${upstream.url}
-`);
-    stack = await Stack.start('soak', { routerConfig: config, workers: 2 });
+    ({ upstream, stack, key } = await startUpstreamStack('soak', { workers: 2 }));
     gateways = [stack.baseUrl, await stack.addGateway()];
-    key = await stack.createKey();
   });
 
   afterAll(async () => {
@@ -270,8 +252,7 @@ model_list:
         .poll(
           async () => {
             records.clear();
-            for (const [, fields] of await stack.redis.xrange(`${stack.prefix}:usage:log`, '-', '+')) {
-              const r = JSON.parse(fields[1] ?? '{}') as Record<string, unknown>;
+            for (const r of await usageRecords(stack)) {
               records.set(String(r.user_id), [...(records.get(String(r.user_id)) ?? []), r]);
             }
             return records.size;
@@ -289,7 +270,7 @@ model_list:
       }
       // Nothing is left running anywhere.
       await expect.poll(() => upstream.inFlight(), { timeout: 5_000 }).toBe(0);
-      expect(await stack.redis.llen(`${stack.prefix}:bull:completions:active`)).toBe(0);
+      expect(await queueLength(stack, 'active')).toBe(0);
 
       const times = results.map((r) => r.ms).sort((a, b) => a - b);
       const disconnected = results.filter((r) => r.disconnected).length;

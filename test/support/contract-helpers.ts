@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import OpenAI, { APIError } from 'openai';
 import { expect } from 'vitest';
+import { type Deployment, simulatorDeployment, upstreamDeployment } from './router-config';
 import type { Stack } from './stack';
 
 /**
@@ -191,11 +192,25 @@ export function demux(chunks: { choices: StreamChoice[] }[]): Map<number, Merged
   return out;
 }
 
+/** The text of every streamed chunk joined in arrival order: a single-choice stream's whole answer. */
+export function streamedText(sse: Pick<SseBody, 'chunks'>): string {
+  return sse.chunks.map((c) => c.choices.map((x) => x.text).join('')).join('');
+}
+
 /** Texts by index 0..n-1 (asserting the indexes are exactly that range). */
 export function textsByIndex(merged: Map<number, MergedChoice>): string[] {
   const indexes = [...merged.keys()].sort((a, b) => a - b);
   expect(indexes).toEqual(indexes.map((_, i) => i));
   return indexes.map((i) => merged.get(i)?.text ?? '');
+}
+
+/** The models the request-contract suites route: simulators `echo` and `lorem`, and `up` on the fake upstream. */
+export function contractModels(upstreamUrl: string): Deployment[] {
+  return [
+    simulatorDeployment('echo', 'echo'),
+    simulatorDeployment('lorem', 'lorem'),
+    upstreamDeployment('up', upstreamUrl),
+  ];
 }
 
 /** An SDK client without retries, so a status is observed exactly once. */
