@@ -18,7 +18,8 @@ import { type RelayListener, RelaySession } from './relay-session';
  * Receives every relay message for this gateway instance on ONE pub/sub inbox channel,
  * subscribed at boot. A per-request SUBSCRIBE would cost a round trip per request and
  * race the worker's first publish; with the inbox, the gateway is listening before any
- * job that names it can exist.
+ * job that names it can exist. Plain ioredis rather than the microservices transport:
+ * see RelayPublisher for the measurement.
  */
 @Injectable()
 export class RelayService implements OnModuleInit, BeforeApplicationShutdown, OnApplicationShutdown {
