@@ -14,8 +14,8 @@ ARG NODE_IMAGE=node:20-bookworm-slim
 # Same npm major as the one that wrote package-lock.json (the base image ships npm 10).
 ARG NPM_VERSION=11.19.1
 
-# ---- build: full install, compile TypeScript to dist/ ----
-FROM ${NODE_IMAGE} AS build
+# ---- npm: the installer both install stages share ----
+FROM ${NODE_IMAGE} AS npm
 ARG NPM_VERSION
 ENV CI=true \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
@@ -24,21 +24,16 @@ ENV CI=true \
 RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
 WORKDIR /app
 COPY package.json package-lock.json ./
+
+# ---- build: full install, compile TypeScript to dist/ ----
+FROM npm AS build
 # --ignore-scripts: `prepare` builds, and the sources are not copied yet.
 RUN npm ci --ignore-scripts
 COPY . .
 RUN npm run build
 
 # ---- prod-deps: production dependencies only ----
-FROM ${NODE_IMAGE} AS prod-deps
-ARG NPM_VERSION
-ENV CI=true \
-    NPM_CONFIG_UPDATE_NOTIFIER=false \
-    NPM_CONFIG_FUND=false \
-    NPM_CONFIG_AUDIT=false
-RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
-WORKDIR /app
-COPY package.json package-lock.json ./
+FROM npm AS prod-deps
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 
 # ---- runtime ----
