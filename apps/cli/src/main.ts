@@ -1,4 +1,13 @@
-import { closeRedis, ConfigError, createRedis, loadEnv, redisNames, TokenStore, UsageStore } from '@app/common';
+import {
+  closeRedis,
+  ConfigError,
+  createRedis,
+  loadEnv,
+  redisNames,
+  TokenStore,
+  UsageStore,
+  whenReady,
+} from '@app/common';
 import { Command } from 'commander';
 import type Redis from 'ioredis';
 import { registerTokenCommands } from './token-commands';
@@ -10,7 +19,11 @@ async function main(argv: string[]): Promise<void> {
   const env = () => loadEnv();
   const connect = async (): Promise<Redis> => {
     redis = createRedis(env().REDIS_URL, 'command', 'aqueduct-cli');
-    await waitReady(redis);
+    // The command connection has no offline queue: wait (briefly) for it before the first command.
+    await whenReady(redis, 5_000);
+    if (redis.status !== 'ready') {
+      throw new Error('cannot connect to Redis (REDIS_URL) within 5 s');
+    }
     return redis;
   };
   const names = () => redisNames(env().AQUEDUCT_REDIS_PREFIX);
@@ -29,21 +42,6 @@ async function main(argv: string[]): Promise<void> {
       await closeRedis(redis);
     }
   }
-}
-
-/** The command connection has no offline queue: wait for it (briefly) before the first command. */
-function waitReady(redis: Redis): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (redis.status === 'ready') {
-      resolve();
-      return;
-    }
-    const timer = setTimeout(() => reject(new Error('cannot connect to Redis (REDIS_URL) within 5 s')), 5_000);
-    redis.once('ready', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
 
 main(process.argv).catch((err: unknown) => {

@@ -18,7 +18,7 @@ export class AdminGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
     const req = context.switchToHttp().getRequest<Request>();
     if (!this.credentials.configured) {
-      throw new ApiError(404, `Invalid URL (${req.method} ${req.path})`, 'invalid_request_error', null, 'unknown_url');
+      throw ApiError.unknownUrl(req.method, req.path);
     }
     switch (this.credentials.check(req.headers.authorization)) {
       case 'admin':

@@ -1,4 +1,4 @@
-import { ApiError, Clock, hashToken, tokenState, TokenStore, type TokenRecord } from '@app/common';
+import { ApiError, Clock, hashToken, keyPreview, tokenState, TokenStore, type TokenRecord } from '@app/common';
 import { Injectable } from '@nestjs/common';
 
 const CACHE_TTL_MS = 1_000;
@@ -35,7 +35,7 @@ export class TokenAuthService {
     if (token === undefined || state !== 'active') {
       throw new ApiError(
         401,
-        `${state === 'unknown' ? 'Incorrect' : state === 'revoked' ? 'Revoked' : 'Expired'} API key provided: ${preview(key)}.`,
+        `${state === 'unknown' ? 'Incorrect' : state === 'revoked' ? 'Revoked' : 'Expired'} API key provided: ${keyPreview(key)}.`,
         'invalid_request_error',
         null,
         'invalid_api_key',
@@ -48,12 +48,7 @@ export class TokenAuthService {
     try {
       return await this.store.findByKey(key);
     } catch {
-      throw ApiError.server(503, 'The gateway cannot reach its datastore. Please retry shortly.', null, 1_000);
+      throw ApiError.datastoreUnavailable();
     }
   }
-}
-
-/** Enough of a presented key to recognise it, never enough to use it. */
-function preview(key: string): string {
-  return key.length <= 10 ? '***' : `${key.slice(0, 6)}...${key.slice(-4)}`;
 }

@@ -48,13 +48,7 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
             'method_not_allowed',
           );
         }
-        return new ApiError(
-          404,
-          `Invalid URL (${req.method} ${req.path})`,
-          'invalid_request_error',
-          null,
-          'unknown_url',
-        );
+        return ApiError.unknownUrl(req.method, req.path);
       }
       return new ApiError(status, this.messageOf(exception), errorTypeForStatus(status));
     }

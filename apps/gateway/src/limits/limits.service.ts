@@ -30,7 +30,7 @@ export class LimitsService {
     try {
       decision = await this.limiter.check(token, 1 / model.requestLimitMultiplier, now);
     } catch {
-      throw ApiError.server(503, 'The gateway cannot reach its datastore. Please retry shortly.', null, 1_000);
+      throw ApiError.datastoreUnavailable();
     }
     if (!decision.allowed && decision.reason !== undefined) {
       const limit =

@@ -39,10 +39,7 @@ export function dashboardGuard(config: AppConfig): RequestHandler {
   return (req: Request, res: Response, next: NextFunction) => {
     if (!credentials.configured) {
       const path = req.originalUrl.split('?')[0] ?? '';
-      sendApiError(
-        res,
-        new ApiError(404, `Invalid URL (${req.method} ${path})`, 'invalid_request_error', null, 'unknown_url'),
-      );
+      sendApiError(res, ApiError.unknownUrl(req.method, path));
       return;
     }
     try {

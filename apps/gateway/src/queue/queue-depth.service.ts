@@ -34,10 +34,6 @@ export class QueueDepth implements OnModuleInit, OnApplicationShutdown {
     clearInterval(this.timer);
   }
 
-  get current(): number {
-    return this.waiting;
-  }
-
   admit(): void {
     if (this.waiting >= this.config.env.AQUEDUCT_MAX_QUEUE_DEPTH) {
       throw ApiError.server(

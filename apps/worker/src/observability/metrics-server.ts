@@ -58,8 +58,7 @@ export class WorkerMetricsServer implements OnApplicationBootstrap, OnApplicatio
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (path !== '/health' && path !== '/metrics') {
-      const message = `Invalid URL (${req.method ?? '?'} ${path.slice(0, 200)})`;
-      return send(res, new ApiError(404, message, 'invalid_request_error', null, 'unknown_url'));
+      return send(res, ApiError.unknownUrl(req.method ?? '?', path));
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       const message = `Method ${req.method ?? '?'} is not allowed for ${path}. Allowed: GET, HEAD.`;

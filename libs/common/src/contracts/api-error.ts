@@ -34,4 +34,20 @@ export class ApiError extends Error {
   static server(status: number, message: string, code: string | null = null, retryAfterMs?: number): ApiError {
     return new ApiError(status, message, 'server_error', null, code, retryAfterMs);
   }
+
+  /** 404 for a path that is not a route, as OpenAI words it. */
+  static unknownUrl(method: string, path: string): ApiError {
+    return new ApiError(
+      404,
+      `Invalid URL (${method} ${path.slice(0, 200)})`,
+      'invalid_request_error',
+      null,
+      'unknown_url',
+    );
+  }
+
+  /** 503 when Redis (tokens, limits) does not answer: retryable, with a short Retry-After. */
+  static datastoreUnavailable(): ApiError {
+    return ApiError.server(503, 'The gateway cannot reach its datastore. Please retry shortly.', null, 1_000);
+  }
 }

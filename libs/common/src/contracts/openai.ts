@@ -39,17 +39,3 @@ export interface OpenAIErrorBody {
   param: string | null;
   code: string | null;
 }
-
-export function addUsage(a: Usage | null, b: Usage | null): Usage | null {
-  if (a === null) {
-    return b;
-  }
-  if (b === null) {
-    return a;
-  }
-  return {
-    prompt_tokens: a.prompt_tokens + b.prompt_tokens,
-    completion_tokens: a.completion_tokens + b.completion_tokens,
-    total_tokens: a.total_tokens + b.total_tokens,
-  };
-}

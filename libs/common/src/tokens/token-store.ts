@@ -11,6 +11,11 @@ export function hashToken(key: string): string {
   return createHash('sha256').update(key).digest('hex');
 }
 
+/** Enough of a key to recognise it, never enough to use it: `sk-aq-...abcd`. */
+export function keyPreview(key: string): string {
+  return key.length <= 10 ? '***' : `${key.slice(0, TOKEN_PREFIX.length)}...${key.slice(-4)}`;
+}
+
 export function isWellFormedToken(key: string): boolean {
   return TOKEN_PATTERN.test(key);
 }
@@ -33,7 +38,7 @@ export class TokenStore {
     const token: TokenRecord = {
       id: `tok_${randomBytes(8).toString('hex')}`,
       name: opts.name,
-      preview: `${TOKEN_PREFIX}...${key.slice(-4)}`,
+      preview: keyPreview(key),
       created_at: created,
       expires_at: opts.expires_in == null ? null : created + Math.max(1, Math.round(opts.expires_in)),
       models: opts.models && opts.models.length > 0 ? [...opts.models] : null,
@@ -64,15 +69,6 @@ export class TokenStore {
     return Object.values(all)
       .map((raw) => JSON.parse(raw) as TokenRecord)
       .sort((a, b) => a.created_at - b.created_at || a.id.localeCompare(b.id));
-  }
-
-  async get(id: string): Promise<TokenRecord | undefined> {
-    const hash = await this.redis.hget(this.names.tokensById, id);
-    if (hash === null) {
-      return undefined;
-    }
-    const raw = await this.redis.hget(this.names.tokensByHash, hash);
-    return raw === null ? undefined : (JSON.parse(raw) as TokenRecord);
   }
 
   /** Marks a token revoked; false when the id is unknown. Idempotent. */
