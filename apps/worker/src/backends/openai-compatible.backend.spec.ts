@@ -33,6 +33,7 @@ function deployment(over: Partial<Deployment> = {}): Deployment {
     apiKey: API_KEY,
     ttftMs: 0,
     itlMs: 0,
+    extraBodyAllowed: [],
     ...over,
   };
 }

@@ -5,7 +5,7 @@ import type { BackendRequest, StreamEvent } from './llm-backend';
 import { SimulatorBackend } from './simulator.backend';
 
 function deployment(upstreamModel: string, ttftMs = 0, itlMs = 0): Deployment {
-  return { id: 'sim#0', modelName: 'sim', provider: 'simulator', upstreamModel, ttftMs, itlMs };
+  return { id: 'sim#0', modelName: 'sim', provider: 'simulator', upstreamModel, ttftMs, itlMs, extraBodyAllowed: [] };
 }
 
 function request(

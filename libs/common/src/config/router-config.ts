@@ -17,6 +17,12 @@ const litellmParamsSchema = z
     max_parallel_requests: z.number().int().positive().optional(),
     ttft_ms: z.number().min(0).optional(),
     itl_ms: z.number().min(0).optional(),
+    /**
+     * Request fields beyond the OpenAI parameters that may reach this upstream (vLLM's
+     * `top_k`, `guided_json`, ...). Everything else a client sends is dropped, so a token
+     * holder cannot reach an upstream's private extension surface.
+     */
+    extra_body_allowed: z.array(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be a field name')).optional(),
   })
   .loose();
 
@@ -24,6 +30,8 @@ const modelInfoSchema = z
   .object({
     aliases: z.array(z.string().min(1)).optional(),
     request_limit_multiplier: z.number().positive().optional(),
+    /** Largest `max_tokens` a request may ask for (default 4096 for simulator models). */
+    max_output_tokens: z.number().int().positive().optional(),
   })
   .loose();
 
@@ -51,14 +59,23 @@ export interface Deployment {
   readonly maxParallelRequests?: number;
   readonly ttftMs: number;
   readonly itlMs: number;
+  /** Non-OpenAI request fields this deployment's upstream may receive. */
+  readonly extraBodyAllowed: readonly string[];
 }
 
 export interface ModelEntry {
   readonly name: string;
   readonly aliases: readonly string[];
   readonly requestLimitMultiplier: number;
+  /** Upper bound on `max_tokens`; undefined = no bound of the gateway's own. */
+  readonly maxOutputTokens?: number;
+  /** Union of the deployments' `extra_body_allowed`: what the gateway lets into a job. */
+  readonly extraBodyAllowed: ReadonlySet<string>;
   readonly deployments: readonly Deployment[];
 }
+
+/** Simulator models without `max_output_tokens` get this bound. */
+export const SIMULATOR_MAX_OUTPUT_TOKENS = 4096;
 
 export class RouterConfig {
   /** Stable `created` for the models API: config load time is not stable across restarts. */
@@ -108,7 +125,10 @@ export function buildRouterConfig(raw: unknown, env: Record<string, string | und
   if (!file.success) {
     throw new ConfigError(`${source}: ${describe(file.error.issues)}`);
   }
-  const grouped = new Map<string, { aliases: string[]; multiplier?: number; deployments: Deployment[] }>();
+  const grouped = new Map<
+    string,
+    { aliases: string[]; multiplier?: number; maxOutputTokens?: number; deployments: Deployment[] }
+  >();
   const aliasOwner = new Map<string, string>();
 
   file.data.model_list.forEach((item, index) => {
@@ -137,6 +157,15 @@ export function buildRouterConfig(raw: unknown, env: Record<string, string | und
       }
       group.multiplier = multiplier;
     }
+    const maxOut = e.model_info?.max_output_tokens;
+    if (maxOut !== undefined) {
+      if (group.maxOutputTokens !== undefined && group.maxOutputTokens !== maxOut) {
+        throw new ConfigError(
+          `${source}: ${label}.model_info.max_output_tokens: conflicts with another deployment of ${e.model_name}`,
+        );
+      }
+      group.maxOutputTokens = maxOut;
+    }
     for (const alias of e.model_info?.aliases ?? []) {
       const owner = aliasOwner.get(alias);
       if (owner !== undefined && owner !== e.model_name) {
@@ -161,6 +190,7 @@ export function buildRouterConfig(raw: unknown, env: Record<string, string | und
       maxParallelRequests: p.max_parallel_requests,
       ttftMs: p.ttft_ms ?? 0,
       itlMs: p.itl_ms ?? 0,
+      extraBodyAllowed: p.extra_body_allowed ?? [],
     });
   });
 
@@ -174,6 +204,10 @@ export function buildRouterConfig(raw: unknown, env: Record<string, string | und
       name,
       aliases: g.aliases,
       requestLimitMultiplier: g.multiplier ?? 1,
+      maxOutputTokens:
+        g.maxOutputTokens ??
+        (g.deployments.every((d) => d.provider === 'simulator') ? SIMULATOR_MAX_OUTPUT_TOKENS : undefined),
+      extraBodyAllowed: new Set(g.deployments.flatMap((d) => d.extraBodyAllowed)),
       deployments: g.deployments,
     })),
   );
