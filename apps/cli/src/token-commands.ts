@@ -1,4 +1,11 @@
-import { parseDurationSeconds, tokenState, type TokenRecord, type TokenStore } from '@app/common';
+import {
+  parseDurationSeconds,
+  TOKEN_PRIORITIES,
+  tokenState,
+  type TokenPriority,
+  type TokenRecord,
+  type TokenStore,
+} from '@app/common';
 import { type Command, InvalidArgumentError } from 'commander';
 
 type Print = (line: string) => void;
@@ -9,6 +16,22 @@ function positiveInt(value: string): number {
     throw new InvalidArgumentError('must be a non-negative integer');
   }
   return n;
+}
+
+function atLeastOne(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new InvalidArgumentError('must be a positive integer');
+  }
+  return n;
+}
+
+function priority(value: string): TokenPriority {
+  const p = TOKEN_PRIORITIES.find((x) => x === value);
+  if (p === undefined) {
+    throw new InvalidArgumentError(`must be one of ${TOKEN_PRIORITIES.join(', ')}`);
+  }
+  return p;
 }
 
 function duration(value: string): number {
@@ -45,6 +68,12 @@ export function registerTokenCommands(program: Command, store: () => Promise<Tok
     .option('--rpm <n>', 'requests per minute', positiveInt)
     .option('--input-tpm <n>', 'input (prompt) tokens per minute', positiveInt)
     .option('--output-tpm <n>', 'output (completion) tokens per minute', positiveInt)
+    .option(
+      '--max-parallel <n>',
+      'requests admitted at once, waiting or running (default: the gateway default)',
+      atLeastOne,
+    )
+    .option('--priority <p>', 'scheduling priority: high, normal or low (default: normal)', priority)
     .option('--expires-in <duration>', 'lifetime, e.g. 12h, 30d (default: never expires)', duration)
     .option('--json', 'print one JSON object')
     .action(
@@ -54,6 +83,8 @@ export function registerTokenCommands(program: Command, store: () => Promise<Tok
         rpm?: number;
         inputTpm?: number;
         outputTpm?: number;
+        maxParallel?: number;
+        priority?: TokenPriority;
         expiresIn?: number;
         json?: boolean;
       }) => {
@@ -65,6 +96,8 @@ export function registerTokenCommands(program: Command, store: () => Promise<Tok
           requests_per_minute: o.rpm,
           input_tokens_per_minute: o.inputTpm,
           output_tokens_per_minute: o.outputTpm,
+          max_parallel_requests: o.maxParallel,
+          priority: o.priority,
           expires_in: o.expiresIn,
         });
         if (o.json === true) {
@@ -103,7 +136,19 @@ export function registerTokenCommands(program: Command, store: () => Promise<Tok
 }
 
 function formatTable(tokens: TokenRecord[], now: number): string {
-  const header = ['ID', 'NAME', 'KEY', 'MODELS', 'RPM', 'IN TPM', 'OUT TPM', 'EXPIRES', 'STATE'];
+  const header = [
+    'ID',
+    'NAME',
+    'KEY',
+    'MODELS',
+    'RPM',
+    'IN TPM',
+    'OUT TPM',
+    'PARALLEL',
+    'PRIORITY',
+    'EXPIRES',
+    'STATE',
+  ];
   const rows = tokens.map((t) => [
     t.id,
     t.name,
@@ -112,6 +157,8 @@ function formatTable(tokens: TokenRecord[], now: number): string {
     lim(t.requests_per_minute),
     lim(t.input_tokens_per_minute),
     lim(t.output_tokens_per_minute),
+    lim(t.max_parallel_requests),
+    t.priority,
     iso(t.expires_at),
     tokenState(t, now),
   ]);

@@ -53,5 +53,20 @@ export function registerUsageCommand(program: Command, store: () => Promise<Usag
           ...summary.by_token.map((t) => row(`token ${t.token_id}`, t)),
         ]),
       );
+      if (summary.refused.length > 0) {
+        print('');
+        print('Refused before admission (all time, no usage records):');
+        print(
+          table([
+            ['TOKEN', 'MODEL', 'STATUS', 'COUNT'],
+            ...summary.refused.map((r) => [
+              r.token_id ?? '(none)',
+              r.model ?? '(none)',
+              String(r.status),
+              String(r.count),
+            ]),
+          ]),
+        );
+      }
     });
 }

@@ -39,6 +39,7 @@ import { ModelsController } from './models/models.controller';
 import { CompletionQueue } from './queue/completion-queue.service';
 import { QueueDepth } from './queue/queue-depth.service';
 import { LimitsService } from './limits/limits.service';
+import { RefusalCounter } from './usage/refusal-counter';
 import { GatewayUsage } from './usage/usage.service';
 import { REDIS_COMMAND } from './redis/redis.tokens';
 import { RelayService } from './relay/relay.service';
@@ -109,6 +110,7 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     QueueDepth,
     LimitsService,
     GatewayUsage,
+    RefusalCounter,
     // Counts the cancels it sends (aqueduct_cancellations_total).
     { provide: ControlService, useClass: MeteredControlService },
     WorkerRegistry,

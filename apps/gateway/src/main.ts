@@ -5,16 +5,22 @@ import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
 import { CONTROL_SERVER } from './control/control.tokens';
+import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
+import { GatewayHttpAdapter } from './http/http-server';
 import { apiCors } from './http/api-cors';
 import { jsonBody } from './http/json-body';
 import { requestId } from './http/request-id';
 import { GatewayMetrics } from './observability/gateway-metrics';
 import { httpObserver } from './observability/http-observer';
+import { RefusalCounter } from './usage/refusal-counter';
 
 async function bootstrap(): Promise<void> {
   // Nest's own lines are held until the JSON logger is installed, so every line is JSON.
-  const app = await NestFactory.create<NestExpressApplication>(GatewayModule, { bodyParser: false, bufferLogs: true });
+  const app = await NestFactory.create<NestExpressApplication>(GatewayModule, new GatewayHttpAdapter(), {
+    bodyParser: false,
+    bufferLogs: true,
+  });
   const logger = app.get(AppLogger);
   app.useLogger(logger);
   const config = app.get(AppConfig);
@@ -23,12 +29,15 @@ async function bootstrap(): Promise<void> {
   app.set('trust proxy', config.env.AQUEDUCT_TRUSTED_PROXIES.length > 0 ? config.env.AQUEDUCT_TRUSTED_PROXIES : false);
   app.use(requestId);
   // Before anything that may answer: every response gets its log line and its metrics.
-  app.use(httpObserver(logger.pino, app.get(GatewayMetrics), config.router));
+  app.use(httpObserver(logger.pino, app.get(GatewayMetrics), config.router, app.get(RefusalCounter)));
   app.use(apiCors());
   // Bodies are parsed only where a route takes one, so an unknown route is a 404, not a 415.
   // Not for the dashboard (/admin/queues): Bull Board parses its own requests.
   const adminBodyRoutes = ['/admin/tokens', '/admin/usage'];
-  const bodyRoutes = ['/completions', '/v1/completions', ...(config.env.AQUEDUCT_ADMIN_KEY ? adminBodyRoutes : [])];
+  const apiBodyRoutes = ['/completions', '/v1/completions'];
+  const bodyRoutes = [...apiBodyRoutes, ...(config.env.AQUEDUCT_ADMIN_KEY ? adminBodyRoutes : [])];
+  // The token is checked before the body is read: no parsing for unauthenticated clients.
+  app.use(apiBodyRoutes, authenticateFirst());
   app.use(bodyRoutes, ...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
   app.enableShutdownHooks();
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.

@@ -16,7 +16,14 @@ export function redisNames(prefix: string) {
     /** Pub/sub inbox of one gateway instance: every chunk for its requests arrives here. */
     gatewayInbox: (gatewayId: string) => `${prefix}:relay:${gatewayId}`,
     /** HASH of one-second buckets: the token's sliding 60-second rate-limit window. */
-    limiter: (tokenId: string) => `${prefix}:limits:${tokenId}`,
+    limiter: (tokenId: string) => `${prefix}:limits:{${tokenId}}`,
+    /** ZSET request id → lease expiry: the token's admitted requests (max_parallel_requests). */
+    tokenLeases: (tokenId: string) => `${prefix}:inflight:{${tokenId}}`,
+    /**
+     * HASH "<token id>|<model>|<status>" → count of requests refused before admission. Fixed
+     * size (tokens × models × statuses): a flood of refusals never grows Redis.
+     */
+    refusals: `${prefix}:usage:refusals`,
     /** ZSET of in-flight leases of one deployment (max_parallel_requests across workers). */
     deploymentSlots: (deploymentId: string) => `${prefix}:slots:${deploymentId}`,
     /** Stream of usage records (one per request), trimmed by age. */

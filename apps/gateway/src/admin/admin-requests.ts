@@ -1,4 +1,4 @@
-import { ApiError, parseDurationSeconds, type TokenCreateOptions } from '@app/common';
+import { ApiError, parseDurationSeconds, TOKEN_PRIORITIES, type TokenCreateOptions } from '@app/common';
 import { z } from 'zod';
 
 const limit = z.number().int().min(0).nullish();
@@ -10,6 +10,8 @@ const createTokenSchema = z.strictObject({
   requests_per_minute: limit,
   input_tokens_per_minute: limit,
   output_tokens_per_minute: limit,
+  max_parallel_requests: z.number().int().min(1).max(1_000_000).nullish(),
+  priority: z.enum(TOKEN_PRIORITIES).nullish(),
   /** Seconds, or a duration such as "30d". */
   expires_in: z.union([z.number().positive(), z.string().min(1)]).nullish(),
 });

@@ -14,14 +14,15 @@ import {
 import { Injectable } from '@nestjs/common';
 import type { Request, Response } from 'express';
 import { ControlService } from '../control/control.service';
-import { LimitsService, RateLimitError } from '../limits/limits.service';
+import { clientGone, markAdmitted } from '../http/admission-state';
+import { type Admitted, LimitsService, RateLimitError } from '../limits/limits.service';
 import { ModelCatalog } from '../models/model-catalog.service';
 import { CompletionQueue } from '../queue/completion-queue.service';
 import { QueueDepth } from '../queue/queue-depth.service';
 import { RelayService } from '../relay/relay.service';
 import { GatewayUsage } from '../usage/usage.service';
 import { WorkerRegistry } from '../workers/worker-registry.service';
-import { parseCompletionRequest, type ParsedCompletion } from './completion-request';
+import { forModel, parseCompletionRequest, type ParsedCompletion } from './completion-request';
 import { JsonResponder } from './json-responder';
 import { SseResponder } from './sse-responder';
 
@@ -31,8 +32,10 @@ const DEADLINE_GRACE_MS = 2_000;
 
 /**
  * One completion from request to response: validate, resolve the model, admit (workers,
- * queue depth, rate limits), register the relay session, enqueue, then let a responder
- * turn relay messages into HTTP.
+ * queue depth, the token's concurrency slot and rate limits), register the relay session,
+ * enqueue, then let a responder turn relay messages into HTTP. A request refused before
+ * admission writes no usage record (the HTTP observer counts it); an admitted one gets
+ * exactly one, from its worker or, when no worker ran it, from here.
  */
 @Injectable()
 export class CompletionsService {
@@ -59,28 +62,33 @@ export class CompletionsService {
       user: null,
       userId: null,
     };
-    let model: ModelEntry | undefined;
+    const request = parseCompletionRequest(req.body);
+    meta.user = typeof request.params.user === 'string' ? request.params.user : null;
+    meta.userId = request.userId;
+    const model = this.models.resolve(request.model, token);
+    request.params = forModel(request, model);
+    this.admit();
+    let admitted: Admitted;
     try {
-      const request = parseCompletionRequest(req.body);
-      meta.user = typeof request.params.user === 'string' ? request.params.user.slice(0, 256) : null;
-      meta.userId = request.userId?.slice(0, 256) ?? null;
-      model = this.models.resolve(request.model, token);
-      this.admit();
-      const headers = await this.limits.enforce(token, model, meta.startedAt);
-      for (const [name, value] of Object.entries(headers)) {
-        res.setHeader(name, value);
-      }
-      return await this.run(res, token, request, model, meta);
+      admitted = await this.limits.admit(token, model, req.rid, meta.startedAt);
     } catch (err) {
       if (err instanceof RateLimitError) {
         for (const [name, value] of Object.entries(err.headers)) {
           res.setHeader(name, value);
         }
       }
-      const status = err instanceof ApiError ? err.status : 500;
-      this.record(req.rid, meta, token, model?.name ?? '', status, 'error');
       throw err;
     }
+    if (clientGone(res)) {
+      // The client left while it was being admitted: nothing was queued, nothing is owed.
+      admitted.release();
+      return;
+    }
+    markAdmitted(res);
+    for (const [name, value] of Object.entries(admitted.headers)) {
+      res.setHeader(name, value);
+    }
+    return this.run(res, token, request, model, meta, admitted);
   }
 
   private run(
@@ -89,6 +97,7 @@ export class CompletionsService {
     request: ParsedCompletion,
     model: ModelEntry,
     meta: RequestMeta,
+    admitted: Admitted,
   ): Promise<void> {
     const rid = res.req.rid;
     const now = meta.startedAt;
@@ -148,10 +157,15 @@ export class CompletionsService {
         },
         deadline - now + DEADLINE_GRACE_MS,
       );
-      res.on('close', () => {
+      // Everything this request holds is let go here, however it ends: finished, failed,
+      // or the client gone at any moment (a response that already closed emits nothing).
+      res.once('close', () => {
+        const finished = responder.finished;
         clearTimeout(deadlineTimer);
+        responder.close();
         this.relay.close(rid);
-        if (!responder.finished) {
+        admitted.release();
+        if (!finished) {
           void withdraw(session.attempt, 499, 'client_disconnected');
           cancel('client_disconnected');
         }

@@ -16,6 +16,11 @@ export class JsonResponder {
     return this.ended;
   }
 
+  /** The response closed; a non-stream answer holds no timers. */
+  close(): void {
+    this.ended = true;
+  }
+
   onMessage(msg: RelayMessage): void {
     if (this.ended) {
       return;

@@ -47,6 +47,14 @@ export class SseResponder {
     return this.ended;
   }
 
+  /**
+   * The response closed (finished, or the client went away): stop the commit and ping
+   * timers, which would otherwise outlive the request and keep it in memory.
+   */
+  close(): void {
+    this.stop();
+  }
+
   onMessage(msg: RelayMessage): void {
     if (this.ended) {
       return;

@@ -1,5 +1,14 @@
-import { ApiError, AppConfig, RateLimiter, type LimitDecision, type ModelEntry, type TokenRecord } from '@app/common';
-import { Injectable } from '@nestjs/common';
+import {
+  ApiError,
+  AppConfig,
+  Clock,
+  CONCURRENCY_LEASE_MS,
+  TokenAdmission,
+  type LimitDecision,
+  type ModelEntry,
+  type TokenRecord,
+} from '@app/common';
+import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { InjectRedis } from '../redis/redis.tokens';
 
@@ -9,44 +18,119 @@ const LABELS = {
   output_tokens: 'output tokens per minute (TPM)',
 } as const;
 
-/** Enforces a token's per-minute limits; tokens without limits cost no Redis round trip. */
-@Injectable()
-export class LimitsService {
-  private readonly limiter: RateLimiter;
+/** An admitted request: its rate-limit headers and the slot it holds until `release()`. */
+export interface Admitted {
+  headers: Record<string, string>;
+  /** Gives the token's concurrency slot back; idempotent. */
+  release: () => void;
+}
 
-  constructor(@InjectRedis() redis: Redis, config: AppConfig) {
-    this.limiter = new RateLimiter(redis, config.names);
+/**
+ * Admits a token's request: its concurrency slot (max_parallel_requests, across every
+ * gateway) and its per-minute limits, in one Redis script. The gateway holds the slot for
+ * as long as it holds the request, waiting or running, and renews all its leases in one
+ * pipeline a few times per lease period; a gateway that dies simply stops renewing.
+ */
+@Injectable()
+export class LimitsService implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger(LimitsService.name);
+  private readonly admission: TokenAdmission;
+  /** Token id → ids of the requests this gateway holds a lease for. */
+  private readonly held = new Map<string, Set<string>>();
+  private timer?: NodeJS.Timeout;
+
+  constructor(
+    @InjectRedis() redis: Redis,
+    private readonly config: AppConfig,
+    private readonly clock: Clock,
+  ) {
+    this.admission = new TokenAdmission(redis, config.names);
   }
 
-  /**
-   * Reserves one request (weight 1 / the model's multiplier). Returns the `x-ratelimit-*`
-   * headers for the response; throws 429 with them when the token is over a limit.
-   */
-  async enforce(token: TokenRecord, model: ModelEntry, now: number): Promise<Record<string, string>> {
-    if (!RateLimiter.hasLimits(token)) {
-      return {};
-    }
+  onModuleInit(): void {
+    this.timer = setInterval(() => this.renew(), Math.floor(CONCURRENCY_LEASE_MS / 3));
+    this.timer.unref();
+  }
+
+  onApplicationShutdown(): void {
+    clearInterval(this.timer);
+  }
+
+  /** Throws 429 (with the rate-limit headers) when the token is over a limit. */
+  async admit(token: TokenRecord, model: ModelEntry, rid: string, now: number): Promise<Admitted> {
     let decision: LimitDecision;
     try {
-      decision = await this.limiter.check(token, 1 / model.requestLimitMultiplier, now);
+      decision = await this.admission.check(token, {
+        rid,
+        weight: 1 / model.requestLimitMultiplier,
+        maxParallel: token.max_parallel_requests ?? this.config.env.AQUEDUCT_DEFAULT_MAX_PARALLEL,
+        now,
+      });
     } catch {
       throw ApiError.datastoreUnavailable();
     }
-    if (!decision.allowed && decision.reason !== undefined) {
-      const limit =
-        decision.reason === 'requests'
-          ? token.requests_per_minute
-          : decision.reason === 'input_tokens'
-            ? token.input_tokens_per_minute
-            : token.output_tokens_per_minute;
-      throw new RateLimitError(
-        `Rate limit reached for ${LABELS[decision.reason]} on this API key: limit ${limit}. Please try again in ${(decision.retryAfterMs / 1000).toFixed(1)}s.`,
-        decision.reason === 'requests' ? 'requests' : 'tokens',
+    if (!decision.allowed) {
+      throw this.refusal(token, decision);
+    }
+    const rids = this.held.get(token.id) ?? new Set<string>();
+    this.held.set(token.id, rids.add(rid));
+    let released = false;
+    return {
+      headers: decision.headers,
+      release: () => {
+        if (released) {
+          return;
+        }
+        released = true;
+        rids.delete(rid);
+        if (rids.size === 0) {
+          this.held.delete(token.id);
+        }
+        // A failed release only delays the slot until its lease expires.
+        this.admission.release(token.id, rid).catch(() => undefined);
+      },
+    };
+  }
+
+  /** Requests this gateway holds slots for (all tokens). */
+  get heldCount(): number {
+    let n = 0;
+    for (const rids of this.held.values()) {
+      n += rids.size;
+    }
+    return n;
+  }
+
+  private refusal(token: TokenRecord, decision: LimitDecision): RateLimitError {
+    if (decision.reason === 'concurrency') {
+      const max = token.max_parallel_requests ?? this.config.env.AQUEDUCT_DEFAULT_MAX_PARALLEL;
+      return new RateLimitError(
+        `Too many concurrent requests on this API key: at most ${max} may be in progress at once. Please retry when one has finished.`,
+        'requests',
         decision.retryAfterMs,
         decision.headers,
+        'concurrency_limit_exceeded',
       );
     }
-    return decision.headers;
+    const reason = decision.reason ?? 'requests';
+    const limit =
+      reason === 'requests'
+        ? token.requests_per_minute
+        : reason === 'input_tokens'
+          ? token.input_tokens_per_minute
+          : token.output_tokens_per_minute;
+    return new RateLimitError(
+      `Rate limit reached for ${LABELS[reason]} on this API key: limit ${limit}. Please try again in ${(decision.retryAfterMs / 1000).toFixed(1)}s.`,
+      reason === 'requests' ? 'requests' : 'tokens',
+      decision.retryAfterMs,
+      decision.headers,
+    );
+  }
+
+  private renew(): void {
+    this.admission.renew(this.held, this.clock.now()).catch((err: Error) => {
+      this.logger.warn(`could not renew concurrency leases: ${err.message}`);
+    });
   }
 }
 
@@ -57,7 +141,8 @@ export class RateLimitError extends ApiError {
     type: string,
     retryAfterMs: number,
     readonly headers: Record<string, string>,
+    code = 'rate_limit_exceeded',
   ) {
-    super(429, message, type, null, 'rate_limit_exceeded', Math.max(retryAfterMs, 1));
+    super(429, message, type, null, code, Math.max(retryAfterMs, 1));
   }
 }

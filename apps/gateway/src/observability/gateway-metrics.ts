@@ -3,6 +3,8 @@ import { InjectQueue } from '@nestjs/bullmq';
 import { Injectable } from '@nestjs/common';
 import type { Queue } from 'bullmq';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { LimitsService } from '../limits/limits.service';
+import { RelayService } from '../relay/relay.service';
 import { WorkerRegistry } from '../workers/worker-registry.service';
 
 /** Seconds; wide enough for long completions. */
@@ -31,7 +33,12 @@ export class GatewayMetrics {
   private readonly ttft: Histogram<'route' | 'model'>;
   private readonly cancellations: Counter<'reason'>;
 
-  constructor(@InjectQueue(COMPLETIONS_QUEUE) queue: Queue, workers: WorkerRegistry) {
+  constructor(
+    @InjectQueue(COMPLETIONS_QUEUE) queue: Queue,
+    workers: WorkerRegistry,
+    relay: RelayService,
+    limits: LimitsService,
+  ) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     const labelNames = ['route', 'method', 'model', 'status'] as const;
@@ -83,6 +90,23 @@ export class GatewayMetrics {
       registers,
       collect() {
         this.set(workers.alive().length);
+      },
+    });
+    // Both must return to their baseline when clients go away: a leak shows here first.
+    new Gauge({
+      name: 'aqueduct_relay_sessions',
+      help: 'Requests this gateway is relaying right now (open relay sessions).',
+      registers,
+      collect() {
+        this.set(relay.activeCount);
+      },
+    });
+    new Gauge({
+      name: 'aqueduct_token_slots_held',
+      help: "Concurrency slots (tokens' max_parallel_requests) held by this gateway's open requests.",
+      registers,
+      collect() {
+        this.set(limits.heldCount);
       },
     });
     new Gauge({

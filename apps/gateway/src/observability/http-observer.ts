@@ -1,6 +1,8 @@
 import { requestContext, type RouterConfig, type TokenRecord } from '@app/common';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import type { Level, Logger } from 'pino';
+import { isAdmitted } from '../http/admission-state';
+import type { RefusalCounter } from '../usage/refusal-counter';
 import type { GatewayMetrics } from './gateway-metrics';
 
 const COMPLETIONS = /^\/(v1\/)?completions\/?$/;
@@ -11,10 +13,16 @@ const DASHBOARD = /^\/admin\/queues(\/|$)/;
 /**
  * One middleware, first in the chain after the request id: it binds the request id to
  * every log line written on the request's behalf, and when the response ends it writes
- * the request's log line and its metrics. Log lines carry ids, names and numbers: never
+ * the request's log line, its metrics and, for a refused API request, its refusal count.
+ * Log lines carry ids, names and numbers: never
  * the key, the prompt or the completion.
  */
-export function httpObserver(logger: Logger, metrics: GatewayMetrics, router: RouterConfig): RequestHandler {
+export function httpObserver(
+  logger: Logger,
+  metrics: GatewayMetrics,
+  router: RouterConfig,
+  refusals: RefusalCounter,
+): RequestHandler {
   return (req: Request, res: Response, next: NextFunction) => {
     const started = performance.now();
     const path = req.path;
@@ -35,6 +43,10 @@ export function httpObserver(logger: Logger, metrics: GatewayMetrics, router: Ro
       const route = routeLabel(req, path);
       const model = COMPLETIONS.test(path) ? modelLabel(req, router) : '';
       const token = tokenId(req);
+      if (COMPLETIONS.test(path) && status >= 400 && !aborted && !isAdmitted(res)) {
+        // Refused before admission: counted, never recorded (see RefusalCounter).
+        refusals.count(token ?? '-', model, status);
+      }
       metrics.observeRequest({ route, method: req.method, model, status: String(status) }, latencyMs / 1000);
       if (firstTokenMs !== undefined) {
         metrics.observeFirstToken(route, model, firstTokenMs / 1000);

@@ -43,6 +43,8 @@ export const envSchema = z.object({
   /** How often workers announce themselves; they count as dead after three missed beats. */
   AQUEDUCT_HEARTBEAT_MS: int(2_000, 50),
   WORKER_CONCURRENCY: int(64, 1),
+  /** `max_parallel_requests` of tokens that have none of their own. */
+  AQUEDUCT_DEFAULT_MAX_PARALLEL: int(100, 1),
   /** Requests waiting in the queue beyond which new ones are refused with 503 + Retry-After. */
   AQUEDUCT_MAX_QUEUE_DEPTH: int(5_000, 1),
   /** How long usage records are kept. */

@@ -12,8 +12,15 @@ export interface TokenRecord {
   requests_per_minute: number | null;
   input_tokens_per_minute: number | null;
   output_tokens_per_minute: number | null;
+  /** Requests admitted at once (waiting or running); null = AQUEDUCT_DEFAULT_MAX_PARALLEL. */
+  max_parallel_requests: number | null;
+  /** Scheduling class; stored now, used by the queue scheduler. */
+  priority: TokenPriority;
   revoked: boolean;
 }
+
+export const TOKEN_PRIORITIES = ['high', 'normal', 'low'] as const;
+export type TokenPriority = (typeof TOKEN_PRIORITIES)[number];
 
 export interface TokenCreateOptions {
   name: string;
@@ -21,6 +28,8 @@ export interface TokenCreateOptions {
   requests_per_minute?: number | null;
   input_tokens_per_minute?: number | null;
   output_tokens_per_minute?: number | null;
+  max_parallel_requests?: number | null;
+  priority?: TokenPriority | null;
   /** Seconds from now; null or undefined = never expires. */
   expires_in?: number | null;
 }
@@ -35,4 +44,25 @@ export function tokenState(t: TokenRecord, nowMs: number): TokenState {
     return 'expired';
   }
   return 'active';
+}
+
+/**
+ * Records written before a field existed lack it: fill the defaults once, where records are
+ * read, so the rest of the code can rely on every field.
+ */
+export function normalizeToken(raw: Partial<TokenRecord> & Pick<TokenRecord, 'id'>): TokenRecord {
+  return {
+    name: '',
+    preview: '',
+    created_at: 0,
+    expires_at: null,
+    models: null,
+    requests_per_minute: null,
+    input_tokens_per_minute: null,
+    output_tokens_per_minute: null,
+    revoked: false,
+    ...raw,
+    max_parallel_requests: raw.max_parallel_requests ?? null,
+    priority: raw.priority ?? 'normal',
+  };
 }

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type Redis from 'ioredis';
 import type { RedisNames } from '../names';
-import type { TokenCreateOptions, TokenRecord } from './token-record';
+import { normalizeToken, type TokenCreateOptions, type TokenRecord } from './token-record';
 
 export const TOKEN_PREFIX = 'sk-aq-';
 /** `sk-aq-` + 43 base64url characters (32 random bytes). */
@@ -45,6 +45,8 @@ export class TokenStore {
       requests_per_minute: opts.requests_per_minute ?? null,
       input_tokens_per_minute: opts.input_tokens_per_minute ?? null,
       output_tokens_per_minute: opts.output_tokens_per_minute ?? null,
+      max_parallel_requests: opts.max_parallel_requests ?? null,
+      priority: opts.priority ?? 'normal',
       revoked: false,
     };
     await this.redis
@@ -61,13 +63,13 @@ export class TokenStore {
       return undefined;
     }
     const raw = await this.redis.hget(this.names.tokensByHash, hashToken(key));
-    return raw === null ? undefined : (JSON.parse(raw) as TokenRecord);
+    return raw === null ? undefined : normalizeToken(JSON.parse(raw) as TokenRecord);
   }
 
   async list(): Promise<TokenRecord[]> {
     const all = await this.redis.hgetall(this.names.tokensByHash);
     return Object.values(all)
-      .map((raw) => JSON.parse(raw) as TokenRecord)
+      .map((raw) => normalizeToken(JSON.parse(raw) as TokenRecord))
       .sort((a, b) => a.created_at - b.created_at || a.id.localeCompare(b.id));
   }
 
@@ -81,7 +83,7 @@ export class TokenStore {
     if (raw === null) {
       return false;
     }
-    const token = { ...(JSON.parse(raw) as TokenRecord), revoked: true };
+    const token = { ...normalizeToken(JSON.parse(raw) as TokenRecord), revoked: true };
     await this.redis.hset(this.names.tokensByHash, hash, JSON.stringify(token));
     return true;
   }

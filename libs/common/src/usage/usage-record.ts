@@ -43,8 +43,18 @@ export interface UsageTotals {
   errors: number;
 }
 
+/** Requests refused before admission, all-time: they have no usage records. */
+export interface RefusalCount {
+  token_id: string | null;
+  model: string | null;
+  status: number;
+  count: number;
+}
+
 export interface UsageSummary extends UsageTotals {
   since: number;
   by_model: (UsageTotals & { model: string })[];
   by_token: (UsageTotals & { token_id: string })[];
+  /** All-time refusal counters (not limited by `since`), filtered like the records. */
+  refused: RefusalCount[];
 }

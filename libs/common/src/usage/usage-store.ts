@@ -1,6 +1,6 @@
 import type Redis from 'ioredis';
 import type { RedisNames } from '../names';
-import type { UsageRecord, UsageSummary, UsageTotals } from './usage-record';
+import type { RefusalCount, UsageRecord, UsageSummary, UsageTotals } from './usage-record';
 
 const MAX_SCAN = 1_000_000;
 
@@ -15,13 +15,17 @@ function add(t: UsageTotals, r: UsageRecord): void {
 
 /**
  * One request's accounting in one script call (a MULTI of ~16 commands cost the worker
- * noticeably more CPU): the record into the log stream, the all-time counters of its
+ * noticeably more CPU): first the trim of records past retention, then the record into
+ * the log stream, the all-time counters of its
  * token and model, and, when asked, its tokens into the token's rate-limit window.
  * KEYS: log, token counters, model counters, limiter ('' = none).
  * ARGV: minid, record JSON, prompt tokens, completion tokens, error (0/1), second.
  */
+// XTRIM comes first and on its own: XADD is refused when Redis is at maxmemory, XTRIM is
+// not, so old records are still trimmed (and memory freed) when Redis is nearly full.
 const ACCOUNT_LUA = `
-redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', 'd', ARGV[2])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
+redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
 for k = 2, 3 do
   redis.call('HINCRBY', KEYS[k], 'requests', 1)
   redis.call('HINCRBY', KEYS[k], 'prompt_tokens', ARGV[3])
@@ -113,7 +117,35 @@ export class UsageStore {
       ...total,
       by_model: [...byModel].map(([model, t]) => ({ model, ...t })),
       by_token: [...byToken].map(([token_id, t]) => ({ token_id, ...t })),
+      refused: await this.refusals(filter),
     };
+  }
+
+  /** The all-time refusal counters (see RefusalCounter), optionally filtered. */
+  async refusals(filter: { tokenId?: string; model?: string } = {}): Promise<RefusalCount[]> {
+    const all = await this.redis.hgetall(this.names.refusals);
+    const out: RefusalCount[] = [];
+    for (const [field, n] of Object.entries(all)) {
+      // Model names may contain '|'; token ids and statuses never do.
+      const first = field.indexOf('|');
+      const last = field.lastIndexOf('|');
+      const tokenId = field.slice(0, first);
+      const model = field.slice(first + 1, last);
+      const status = field.slice(last + 1);
+      const r: RefusalCount = {
+        token_id: tokenId === '-' ? null : tokenId,
+        model: model === '' ? null : model,
+        status: Number(status),
+        count: Number(n),
+      };
+      if (
+        (filter.tokenId === undefined || r.token_id === filter.tokenId) &&
+        (filter.model === undefined || r.model === filter.model)
+      ) {
+        out.push(r);
+      }
+    }
+    return out.sort((a, b) => b.count - a.count);
   }
 
   /** All-time counters of one token or model. */

@@ -1,30 +1,49 @@
 /**
- * Atomic per-token limit check over a sliding 60-second window kept as one-second buckets
+ * Admission of one request in one script: the token's concurrency leases and its rate
+ * limits are checked together and reserved only when both pass, so a request refused for
+ * one reason never consumes the other budget.
+ *
+ * Concurrency: a ZSET of leases (member = request id, score = lease expiry). Leases, not
+ * a counter: a gateway that dies stops renewing its leases and they expire, so a token's
+ * slots always come back.
+ *
+ * Rate limits: atomic per-token limit check over a sliding 60-second window kept as one-second buckets
  * in a single HASH: fields r:<sec> (request weight), i:<sec> (input tokens), o:<sec>
  * (output tokens). Checking and reserving the request weight happen in one script, so
  * concurrent requests cannot all pass (the race of a read-then-write check).
  *
- * KEYS[1] limiter hash; ARGV: now_ms, weight, rpm, itpm, otpm (a limit < 0 = no limit).
- * Returns { denied (0 ok | 1 requests | 2 input tokens | 3 output tokens),
+ * KEYS[1] limiter hash, KEYS[2] lease ZSET; ARGV: now_ms, weight, rpm, itpm, otpm (a limit
+ * < 0 = no limit), max_parallel, lease_ms, request id.
+ * Returns { denied (0 ok | 1 requests | 2 input tokens | 3 output tokens | 4 concurrency),
  *           request weight used (a string: Lua numbers become integers), input used,
  *           output used, ms until the refused request would pass,
- *           ms until the request, input and output budgets are whole again }.
+ *           ms until the request, input and output budgets are whole again,
+ *           requests in flight including this one when admitted }.
  * Kept in a TypeScript string so that the build ships it without copying assets.
  */
-export const SLIDING_WINDOW_LUA = `
+export const ADMISSION_LUA = `
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local weight = tonumber(ARGV[2])
 local rpm = tonumber(ARGV[3])
 local itpm = tonumber(ARGV[4])
 local otpm = tonumber(ARGV[5])
+local max_parallel = tonumber(ARGV[6])
+local lease_ms = tonumber(ARGV[7])
+local leases = KEYS[2]
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+local inflight = redis.call('ZCARD', leases)
+local limited = rpm >= 0 or itpm >= 0 or otpm >= 0
 local sec = math.floor(now / 1000)
 local oldest = sec - 59
 
 local per = { r = {}, i = {}, o = {} }
 local used = { r = 0, i = 0, o = 0 }
 local stale = {}
-local fields = redis.call('HGETALL', key)
+local fields = {}
+if limited then
+  fields = redis.call('HGETALL', key)
+end
 for n = 1, #fields, 2 do
   local f = fields[n]
   local kind = string.sub(f, 1, 1)
@@ -57,7 +76,9 @@ local function wait_until(kind, target)
 end
 
 local denied = 0
-if rpm >= 0 and used.r + weight > rpm + 1e-9 then
+if inflight >= max_parallel then
+  denied = 4
+elseif rpm >= 0 and used.r + weight > rpm + 1e-9 then
   denied = 1
 elseif itpm >= 0 and used.i >= itpm then
   denied = 2
@@ -69,7 +90,14 @@ if denied == 0 and rpm >= 0 then
   used.r = used.r + weight
   per.r[sec] = (per.r[sec] or 0) + weight
 end
-redis.call('PEXPIRE', key, 61000)
+if denied == 0 then
+  redis.call('ZADD', leases, now + lease_ms, ARGV[8])
+  redis.call('PEXPIRE', leases, lease_ms * 2)
+  inflight = inflight + 1
+end
+if limited then
+  redis.call('PEXPIRE', key, 61000)
+end
 
 local retry = 0
 if denied == 1 then
@@ -79,5 +107,5 @@ elseif denied == 2 then
 elseif denied == 3 then
   retry = wait_until('o', otpm - 1)
 end
-return { denied, tostring(used.r), used.i, used.o, retry, wait_until('r', 0), wait_until('i', 0), wait_until('o', 0) }
+return { denied, tostring(used.r), used.i, used.o, retry, wait_until('r', 0), wait_until('i', 0), wait_until('o', 0), inflight }
 `;

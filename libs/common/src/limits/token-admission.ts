@@ -1,0 +1,150 @@
+import type Redis from 'ioredis';
+import type { RedisNames } from '../names';
+import type { TokenRecord } from '../tokens/token-record';
+import { ADMISSION_LUA } from './admission.lua';
+
+export type LimitReason = 'requests' | 'input_tokens' | 'output_tokens' | 'concurrency';
+
+export interface LimitDecision {
+  allowed: boolean;
+  reason?: LimitReason;
+  /** When a refused request would pass. */
+  retryAfterMs: number;
+  /** `x-ratelimit-*` headers, as OpenAI sends them, for every response to a limited token. */
+  headers: Record<string, string>;
+}
+
+const REASONS: Record<number, LimitReason> = {
+  1: 'requests',
+  2: 'input_tokens',
+  3: 'output_tokens',
+  4: 'concurrency',
+};
+
+/**
+ * How long a concurrency lease lives without renewal. The gateway holding a request renews
+ * its leases every third of this, so only a gateway that died lets one lapse: its token's
+ * slots are back within this time.
+ */
+export const CONCURRENCY_LEASE_MS = 20_000;
+/** A slot frees when some request of the token ends: no time can be computed, so retry soon. */
+const CONCURRENCY_RETRY_MS = 1_000;
+
+type AdmitCommand = (
+  limiterKey: string,
+  leaseKey: string,
+  now: number,
+  weight: number,
+  rpm: number,
+  itpm: number,
+  otpm: number,
+  maxParallel: number,
+  leaseMs: number,
+  rid: string,
+) => Promise<[number, string, number, number, number, number, number, number, number]>;
+
+/** One request asking to be admitted. */
+export interface AdmissionRequest {
+  rid: string;
+  /** 1 / the model's request_limit_multiplier. */
+  weight: number;
+  maxParallel: number;
+  now: number;
+}
+
+/** Go-style durations, as OpenAI's reset headers use: "1s", "6m0s", "250ms". */
+export function goDuration(ms: number): string {
+  if (ms < 1000) {
+    return `${Math.max(0, Math.ceil(ms))}ms`;
+  }
+  const s = Math.ceil(ms / 1000);
+  return s < 60 ? `${s}s` : `${Math.floor(s / 60)}m${s % 60}s`;
+}
+
+/**
+ * Admission of a token's request across every gateway, in one EVALSHA: its concurrency
+ * lease (max_parallel_requests, waiting plus running) and its limits over a sliding
+ * 60-second window, checked and reserved atomically, so concurrent requests on any number
+ * of gateways cannot overshoot either. Token limits count real usage, added by the workers
+ * after each job (UsageStore.record, into the same hash's i:/o: buckets).
+ */
+export class TokenAdmission {
+  private readonly admit: AdmitCommand;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly names: RedisNames,
+  ) {
+    redis.defineCommand('aqueductAdmit', { numberOfKeys: 2, lua: ADMISSION_LUA });
+    this.admit = (redis as unknown as { aqueductAdmit: AdmitCommand }).aqueductAdmit.bind(redis);
+  }
+
+  /** Checks and, when allowed, reserves one request: a lease and its rate-limit weight. */
+  async check(token: TokenRecord, req: AdmissionRequest): Promise<LimitDecision> {
+    const rpm = token.requests_per_minute ?? -1;
+    const itpm = token.input_tokens_per_minute ?? -1;
+    const otpm = token.output_tokens_per_minute ?? -1;
+    const [denied, usedR, usedI, usedO, retry, resetR, resetI, resetO] = await this.admit(
+      this.names.limiter(token.id),
+      this.names.tokenLeases(token.id),
+      req.now,
+      req.weight,
+      rpm,
+      itpm,
+      otpm,
+      req.maxParallel,
+      CONCURRENCY_LEASE_MS,
+      req.rid,
+    );
+    const headers: Record<string, string> = {};
+    if (rpm >= 0) {
+      headers['x-ratelimit-limit-requests'] = String(rpm);
+      headers['x-ratelimit-remaining-requests'] = String(Math.max(0, Math.floor(rpm - Number(usedR) + 1e-9)));
+      headers['x-ratelimit-reset-requests'] = goDuration(resetR);
+    }
+    const tokenBudgets = [
+      { name: 'input', limit: itpm, used: usedI, reset: resetI },
+      { name: 'output', limit: otpm, used: usedO, reset: resetO },
+    ].filter((b) => b.limit >= 0);
+    for (const b of tokenBudgets) {
+      headers[`x-ratelimit-limit-${b.name}-tokens`] = String(b.limit);
+      headers[`x-ratelimit-remaining-${b.name}-tokens`] = String(Math.max(0, b.limit - b.used));
+      headers[`x-ratelimit-reset-${b.name}-tokens`] = goDuration(b.reset);
+    }
+    // OpenAI's single tokens budget: report whichever of ours is closest to exhaustion.
+    const binding = tokenBudgets.sort((a, b) => (a.limit - a.used) / a.limit - (b.limit - b.used) / b.limit)[0];
+    if (binding !== undefined) {
+      headers['x-ratelimit-limit-tokens'] = String(binding.limit);
+      headers['x-ratelimit-remaining-tokens'] = String(Math.max(0, binding.limit - binding.used));
+      headers['x-ratelimit-reset-tokens'] = goDuration(binding.reset);
+    }
+    const reason = REASONS[denied];
+    return {
+      allowed: denied === 0,
+      reason,
+      retryAfterMs: reason === 'concurrency' ? CONCURRENCY_RETRY_MS : retry,
+      headers,
+    };
+  }
+
+  /** Extends the leases of requests still held, per token (one pipeline for all of them). */
+  async renew(byToken: ReadonlyMap<string, Iterable<string>>, now: number): Promise<void> {
+    if (byToken.size === 0) {
+      return;
+    }
+    const p = this.redis.pipeline();
+    for (const [tokenId, rids] of byToken) {
+      const key = this.names.tokenLeases(tokenId);
+      for (const rid of rids) {
+        p.zadd(key, 'XX', now + CONCURRENCY_LEASE_MS, rid);
+      }
+      p.pexpire(key, CONCURRENCY_LEASE_MS * 2);
+    }
+    await p.exec();
+  }
+
+  /** Gives a request's slot back. */
+  async release(tokenId: string, rid: string): Promise<void> {
+    await this.redis.zrem(this.names.tokenLeases(tokenId), rid);
+  }
+}
