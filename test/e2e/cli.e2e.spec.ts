@@ -36,6 +36,10 @@ describe('aqueduct CLI', () => {
       '1000',
       '--output-tpm',
       '2000',
+      '--max-parallel',
+      '7',
+      '--priority',
+      'high',
       '--expires-in',
       '30d',
       '--json',
@@ -48,6 +52,8 @@ describe('aqueduct CLI', () => {
       requests_per_minute: 5,
       input_tokens_per_minute: 1000,
       output_tokens_per_minute: 2000,
+      max_parallel_requests: 7,
+      priority: 'high',
       revoked: false,
     });
     const ttl = (created.expires_at as number) - (created.created_at as number);
@@ -64,7 +70,9 @@ describe('aqueduct CLI', () => {
     const { stdout } = await aqueduct('tokens', 'create', '--name', 'to-revoke', '--json');
     const { id, key } = JSON.parse(stdout) as { id: string; key: string };
     const table = (await aqueduct('tokens', 'list')).stdout;
-    expect(table).toMatch(/ID\s+NAME\s+KEY\s+MODELS\s+RPM/);
+    expect(table).toMatch(/ID\s+NAME\s+KEY\s+MODELS\s+RPM\s+IN TPM\s+OUT TPM\s+PARALLEL\s+PRIORITY/);
+    // Defaults: the gateway's max_parallel, normal priority.
+    expect(table).toMatch(new RegExp(`${id}\\s+to-revoke\\s+\\S+\\s+\\*\\s+-\\s+-\\s+-\\s+-\\s+normal`));
     expect(table).toContain(id);
     expect(table).not.toContain(key);
 
@@ -83,6 +91,12 @@ describe('aqueduct CLI', () => {
     });
     await expect(aqueduct('tokens', 'create', '--name', 'x', '--expires-in', 'soon')).rejects.toMatchObject({
       stderr: expect.stringContaining('invalid duration') as unknown,
+    });
+    await expect(aqueduct('tokens', 'create', '--name', 'x', '--max-parallel', '0')).rejects.toMatchObject({
+      stderr: expect.stringContaining('--max-parallel') as unknown,
+    });
+    await expect(aqueduct('tokens', 'create', '--name', 'x', '--priority', 'urgent')).rejects.toMatchObject({
+      stderr: expect.stringContaining('high, normal, low') as unknown,
     });
   });
 });

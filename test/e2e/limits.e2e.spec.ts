@@ -157,10 +157,25 @@ describe('limits, access and accounting', () => {
     it('creates, lists and revokes tokens; revocation reaches the other gateway within a second', async () => {
       const created = await admin('/admin/tokens', {
         method: 'POST',
-        body: JSON.stringify({ name: 'via-admin', models: ['sim'], requests_per_minute: 100, expires_in: '1d' }),
+        body: JSON.stringify({
+          name: 'via-admin',
+          models: ['sim'],
+          requests_per_minute: 100,
+          max_parallel_requests: 4,
+          priority: 'low',
+          expires_in: '1d',
+        }),
       });
       expect(created.status).toBe(201);
-      const token = (await created.json()) as { id: string; key: string; expires_at: number; created_at: number };
+      const token = (await created.json()) as {
+        id: string;
+        key: string;
+        expires_at: number;
+        created_at: number;
+        max_parallel_requests: number;
+        priority: string;
+      };
+      expect(token).toMatchObject({ max_parallel_requests: 4, priority: 'low' });
       expect(token.key).toMatch(/^sk-aq-/);
       expect(token.expires_at - token.created_at).toBe(86_400);
       expect((await postCompletion(second, token.key, { model: 'sim', prompt: 'x' })).status).toBe(200);
@@ -180,6 +195,18 @@ describe('limits, access and accounting', () => {
       const res = await admin('/admin/tokens', { method: 'POST', body: JSON.stringify({ name: '', rpm: 'x' }) });
       expect(res.status).toBe(400);
       expect(((await res.json()) as { error: { param: string } }).error.param).toBe('name');
+      for (const [field, value] of [
+        ['max_parallel_requests', 0],
+        ['max_parallel_requests', 1.5],
+        ['priority', 'urgent'],
+      ] as const) {
+        const bad = await admin('/admin/tokens', {
+          method: 'POST',
+          body: JSON.stringify({ name: 'x', [field]: value }),
+        });
+        expect(bad.status, `${field}=${value}`).toBe(400);
+        expect(((await bad.json()) as { error: { param: string } }).error.param).toBe(field);
+      }
     });
   });
 

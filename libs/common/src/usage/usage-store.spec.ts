@@ -1,0 +1,69 @@
+import Redis from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PrivateRedis } from '../../../../test/support/private-redis';
+import { redisNames } from '../names';
+import type { UsageRecord } from './usage-record';
+import { UsageStore } from './usage-store';
+
+/** Trimming must still work when Redis is full (maxmemory + noeviction): a private server. */
+describe('UsageStore near maxmemory', () => {
+  let server: PrivateRedis;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    server = await PrivateRedis.start();
+    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  });
+
+  afterAll(async () => {
+    redis?.disconnect();
+    await server?.stop();
+  });
+
+  const record = (rid: string): UsageRecord => ({
+    rid,
+    token_id: 'tok_1',
+    model: 'sim',
+    deployment: null,
+    route: '/v1/completions',
+    status: 200,
+    outcome: 'ok',
+    started_at: Date.now(),
+    latency_ms: 1,
+    ttft_ms: null,
+    prompt_tokens: 1,
+    completion_tokens: 1,
+    usage_estimated: false,
+    user: null,
+    user_id: null,
+    ip: null,
+    user_agent: null,
+  });
+
+  it('trims records past retention even when Redis refuses writes for lack of memory', async () => {
+    const names = redisNames('usage-oom');
+    const store = new UsageStore(redis, names, 3_600_000);
+    const used = Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1]);
+    await redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await redis.config('SET', 'maxmemory', String(used + 3 * 1024 * 1024));
+    // Records from two hours ago, until Redis is full.
+    const old = Date.now() - 2 * 3_600_000;
+    const payload = 'x'.repeat(1_000);
+    let full = false;
+    for (let i = 0; !full && i < 20_000; i++) {
+      full = await redis.xadd(names.usageLog, `${old}-${i}`, 'd', payload).then(
+        () => false,
+        (err: Error) => err.message.includes('OOM'),
+      );
+    }
+    expect(full).toBe(true);
+    const before = await redis.xlen(names.usageLog);
+
+    await store.record(record('after-oom'), Date.now());
+
+    expect(await redis.xlen(names.usageLog)).toBeLessThan(before / 10);
+    const [last] = await redis.xrevrange(names.usageLog, '+', '-', 'COUNT', 1);
+    expect(last?.[1][1]).toContain('after-oom');
+    await redis.config('SET', 'maxmemory', '0');
+  });
+});
