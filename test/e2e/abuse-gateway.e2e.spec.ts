@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { redisNames, TokenStore } from '../../libs/common/src';
+import { redisNames, TokenStore, UsageStore } from '../../libs/common/src';
 import { expectOpenAIError, raw, sdk } from '../support/contract-helpers';
 import { PrivateRedis } from '../support/private-redis';
 import { simulatorDeployment, writeModelList } from '../support/router-config';
@@ -48,6 +48,7 @@ describe('abuse: the gateway', () => {
         simulatorDeployment('sim', 'lorem'),
         simulatorDeployment('slow', 'lorem', { ttft_ms: 1_500, itl_ms: 5 }),
         simulatorDeployment('held', 'lorem', { ttft_ms: 700 }),
+        simulatorDeployment('forever', 'lorem', { ttft_ms: 50_000 }),
       ),
       env: { AQUEDUCT_COMMIT_TIMEOUT_MS: '300' },
     });
@@ -262,6 +263,32 @@ describe('abuse: the gateway', () => {
     const again = await Promise.all([send(stack.baseUrl), send(second), send(second)]);
     expect(again.map((r) => r.status)).toEqual([200, 200, 200]);
   });
+
+  it('slots held by a gateway that dies come back when their leases expire', async () => {
+    const doomed = await stack.addGateway();
+    const handle = stack.extraGateways.at(-1)!.handle;
+    const limited = await stack.createKey({ max_parallel_requests: 2 });
+    const post = (base: string, model: string, signal?: AbortSignal) =>
+      fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${limited}`, 'content-type': 'application/json' },
+        body: body(model),
+        signal,
+      });
+    const holders = [0, 1].map(() => post(doomed, 'forever', AbortSignal.timeout(60_000)).catch(() => undefined));
+    await waitUntil('both slots taken', async () => (await metric(doomed, 'aqueduct_token_slots_held')) === 2);
+    await handle.stop('SIGKILL');
+    await Promise.all(holders);
+    expect((await post(stack.baseUrl, 'sim')).status).toBe(429);
+    // Nobody renews the dead gateway's leases: within one lease period (20 s) the slots are back.
+    const waited = await waitUntil(
+      'a slot to come back',
+      async () => (await post(stack.baseUrl, 'sim')).status === 200,
+      30_000,
+      1_000,
+    );
+    expect(waited).toBeGreaterThan(5_000);
+  }, 60_000);
 });
 
 describe('abuse: refusals cost nothing durable', () => {
@@ -323,6 +350,15 @@ describe('abuse: refusals cost nothing durable', () => {
     const tokenId = (await new TokenStore(client, names).list())[0]!.id;
     expect(counts[`${tokenId}|other|403`]).toBe(String(5_400 / 4));
     expect(counts[`-||401`]).toBe(String(5_400 / 4));
+    // What the admin API and `aqueduct usage` report.
+    const refused = await new UsageStore(client, names, 3_600_000).refusals({ tokenId });
+    expect(refused.map((r) => [r.model, r.status, r.count]).sort()).toEqual(
+      [
+        [null, 400, 5_400 / 4],
+        [null, 404, 5_400 / 4],
+        ['other', 403, 5_400 / 4],
+      ].sort(),
+    );
   });
 
   it('admitted requests keep exactly one usage record each; the default max_parallel applies', async () => {
