@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { demux, fakeUpstreamText, parseSse, raw, streamedText } from '../support/contract-helpers';
 import { fakeBulkText, type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
@@ -147,8 +148,8 @@ describe('abuse: the worker side of protective limits', () => {
         prompt: 'a b',
         max_tokens: 5,
         temperature: 0.2,
-        access_token: 'sk-should-never-travel',
         some_vllm_private: { x: 1 },
+        kv_transfer_params: { remote: 'attacker:1234' },
         allowed_ext: 'yes',
         probe,
       },
@@ -166,6 +167,20 @@ describe('abuse: the worker side of protective limits', () => {
       probe,
       stream: false,
     });
+
+    // A body access_token is no credential: refused (401) or served, it never travels on.
+    const second = randomUUID();
+    const withToken = await raw(
+      stack,
+      { model: 'strict', prompt: 'a', access_token: 'sk-should-never-travel', probe: second },
+      { key },
+    );
+    expect([200, 401], withToken.text).toContain(withToken.status);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(upstream.requests.some((r) => 'access_token' in r.body)).toBe(false);
+    if (withToken.status === 200) {
+      expect(requestsOf(upstream, second)).toHaveLength(1);
+    }
   });
 
   it('a 40 MB non-stream result reaches its client intact while bystander streams complete', async () => {
@@ -174,7 +189,7 @@ describe('abuse: the worker side of protective limits', () => {
     const bigReq = raw(stack, { model: 'up', prompt: 'big', n: 1, fake_text_bytes: size, probe }, { key });
     const prompts = Array.from({ length: 10 }, (_, i) => words(20, `s${i}-`));
     const bystanders = prompts.map((prompt) =>
-      openStream(stack.baseUrl, key, { model: 'up', prompt, stream: true, fake_itl_ms: 40 }),
+      openStream(stack.baseUrl, key, { model: 'up', prompt, max_tokens: 64, stream: true, fake_itl_ms: 40 }),
     );
     const [res] = await Promise.all([bigReq, ...bystanders.map((b) => b.finished)]);
 
@@ -287,7 +302,6 @@ describe('abuse: the worker side of protective limits', () => {
  * matched against Redis's CLIENT LIST. Returns how many connections were cut.
  */
 async function cutControlSubscriber(gateway: ProcessHandle, forMs: number): Promise<number> {
-  const { default: Redis } = await import('ioredis');
   const admin = new Redis(REDIS_URL);
   let killed = 0;
   try {

@@ -33,8 +33,8 @@ export const DEFAULT_RELAY_LIMITS: RelayPublisherLimits = {
   maxUnackedBytes: 1024 * 1024,
 };
 
-/** Below this (text characters plus a generous allowance per logprob entry) a result is surely one message. */
-const SURELY_SMALL = RELAY_PART_MAX_BYTES / 8;
+/** Below this lower bound of its size (see leastSize) a result surely fits in one message. */
+const SURELY_SMALL = RELAY_PART_MAX_BYTES / 16;
 /** Room left in a part for its envelope (`{"t":"part","choices":[…],"rid":…,"att":…,"seq":…}`). */
 const ENVELOPE_BYTES = 512;
 
@@ -109,15 +109,19 @@ export class RelayPublisher {
       usage: result.usage,
       system_fingerprint: result.system_fingerprint,
     };
-    if (roughSize(result.choices) <= SURELY_SMALL) {
+    const least = leastSize(result.choices);
+    if (least <= SURELY_SMALL) {
       this.send(whole);
       return;
     }
-    const raw = JSON.stringify({ ...whole, rid: this.rid, att: this.att, seq: this.seq });
-    if (Buffer.byteLength(raw) <= RELAY_PART_MAX_BYTES) {
-      this.seq += 1;
-      this.publish(raw);
-      return;
+    if (least <= RELAY_PART_MAX_BYTES) {
+      // Only measured when it may fit: a surely large result is never stringified whole.
+      const raw = JSON.stringify({ ...whole, rid: this.rid, att: this.att, seq: this.seq });
+      if (Buffer.byteLength(raw) <= RELAY_PART_MAX_BYTES) {
+        this.seq += 1;
+        this.publish(raw);
+        return;
+      }
     }
     const budget = RELAY_PART_MAX_BYTES - ENVELOPE_BYTES;
     let part: string[] = [];
@@ -175,10 +179,15 @@ export class RelayPublisher {
   }
 }
 
-function roughSize(choices: ChoiceDelta[]): number {
+/**
+ * A lower bound of the serialized size in bytes: each choice's fixed keys (~60 bytes), its
+ * text (escapes and UTF-8 only add), and ≥ 16 bytes per logprob entry (four array slots).
+ * Too small ⇒ one message without measuring; too large ⇒ split without stringifying it whole.
+ */
+function leastSize(choices: ChoiceDelta[]): number {
   let size = 0;
   for (const c of choices) {
-    size += 64 + c.text.length + (c.logprobs === null ? 0 : 128 * c.logprobs.tokens.length);
+    size += 60 + c.text.length + (c.logprobs === null ? 0 : 16 * c.logprobs.tokens.length);
   }
   return size;
 }
@@ -192,10 +201,8 @@ function roughSize(choices: ChoiceDelta[]): number {
 function* pieces(choices: ChoiceDelta[], budget: number): Generator<string> {
   for (const c of choices) {
     const lp = c.logprobs;
-    const texts = [...textSlices(c.index, c.text, budget)];
-    for (let i = 0; i < texts.length; i++) {
-      const last = lp === null && i === texts.length - 1;
-      yield pieceJson(c.index, texts[i] ?? '', null, last ? c.finish_reason : null);
+    for (const { text, last } of textSlices(c.text, budget)) {
+      yield pieceJson(c.index, text, null, lp === null && last ? c.finish_reason : null);
     }
     if (lp !== null) {
       yield* logprobSlices(c, lp, budget);
@@ -213,10 +220,13 @@ function pieceJson(
   return JSON.stringify(piece);
 }
 
-/** Text slices whose JSON fits the budget: as long as possible for ASCII, halved when escapes or UTF-8 inflate it. */
-function* textSlices(index: number, text: string, budget: number): Generator<string> {
+/**
+ * Text slices whose JSON fits the budget, produced one at a time (so an abort stops the
+ * work too): as long as possible for ASCII, halved when escapes or UTF-8 inflate them.
+ */
+function* textSlices(text: string, budget: number): Generator<{ text: string; last: boolean }> {
   if (text.length === 0) {
-    yield '';
+    yield { text: '', last: true };
     return;
   }
   let at = 0;
@@ -231,8 +241,8 @@ function* textSlices(index: number, text: string, budget: number): Generator<str
       span = Math.max(1, Math.floor((end - at) / 2));
       continue;
     }
-    yield slice;
     at = end;
+    yield { text: slice, last: at === text.length };
   }
 }
 
