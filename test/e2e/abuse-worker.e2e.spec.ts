@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { demux, fakeUpstreamText, parseSse, raw, streamedText } from '../support/contract-helpers';
 import { fakeBulkText, type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
 import { openStream, sseOf } from '../support/http';
-import { alive, socketOwner, waitForWorkers } from '../support/processes';
+import { alive, readyWorkers, socketOwner, waitForWorkers } from '../support/processes';
 import { simulatorDeployment, upstreamDeployment, writeModelList } from '../support/router-config';
 import { freePort, type ProcessHandle, REDIS_URL, Stack } from '../support/stack';
 import { waitUntil } from '../support/wait';
@@ -215,12 +215,16 @@ describe('abuse: the worker side of protective limits', () => {
     const probe = randomUUID();
     const prompt = words(8, 'c');
     // Gaps between chunks longer than a heartbeat: the relay is quiet while heartbeats are missing.
-    const stream = openStream(stack.baseUrl, key, { model: 'up', prompt, stream: true, fake_itl_ms: 500, probe });
+    const stream = openStream(stack.baseUrl, key, { model: 'up', prompt, stream: true, fake_itl_ms: 800, probe });
     await waitUntil('the first chunk', () => stream.events.length >= 1);
     // Cut the gateway's control-transport subscriber (the one heartbeats arrive on) again and
-    // again for 2.5 s: the gateway hears no worker for > 3 heartbeats.
-    const killed = await cutControlSubscriber(stack.gateway, 2_500);
+    // again for 3 s: the gateway hears no worker for > 3 heartbeats, and says so on /ready.
+    let sawNoWorker = false;
+    const killed = await cutControlSubscriber(stack.gateway, 3_000, async () => {
+      sawNoWorker ||= (await readyWorkers(stack)) === 0;
+    });
     expect(killed, 'connections cut').toBeGreaterThan(0);
+    expect(sawNoWorker, 'the gateway lost sight of every worker').toBe(true);
     await stream.finished;
 
     const sse = sseOf(stream);
@@ -298,10 +302,15 @@ describe('abuse: the worker side of protective limits', () => {
 /**
  * Kills, for `forMs`, every pub/sub connection of `gateway` except its relay inbox — that
  * is the control transport's subscriber, on which worker heartbeats arrive — as a network
- * blip on that connection would. Found from outside: the process's TCP sockets (/proc)
- * matched against Redis's CLIENT LIST. Returns how many connections were cut.
+ * blip on that connection would, calling `meanwhile` between rounds. Found from outside:
+ * the process's TCP sockets (/proc) matched against Redis's CLIENT LIST. Returns how many
+ * connections were cut.
  */
-async function cutControlSubscriber(gateway: ProcessHandle, forMs: number): Promise<number> {
+async function cutControlSubscriber(
+  gateway: ProcessHandle,
+  forMs: number,
+  meanwhile: () => Promise<void>,
+): Promise<number> {
   const admin = new Redis(REDIS_URL);
   let killed = 0;
   try {
@@ -318,7 +327,9 @@ async function cutControlSubscriber(gateway: ProcessHandle, forMs: number): Prom
           killed += 1;
         }
       }
-      await new Promise((r) => setTimeout(r, 150));
+      await meanwhile();
+      // Often enough that a reconnected subscriber (ioredis retries after 1 s) hears no beat.
+      await new Promise((r) => setTimeout(r, 20));
     }
   } finally {
     admin.disconnect();

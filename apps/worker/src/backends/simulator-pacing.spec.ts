@@ -37,7 +37,8 @@ async function maxBlockMs<T>(work: () => Promise<T>): Promise<{ gap: number; res
   }, 2);
   try {
     const result = await work();
-    return { gap, result };
+    // The last stretch too: a block that ends with the work is seen by no tick.
+    return { gap: Math.max(gap, performance.now() - last), result };
   } finally {
     clearInterval(timer);
   }
@@ -67,7 +68,7 @@ describe('SimulatorBackend: lazy and fair', () => {
 
   it('builds a huge non-stream answer in slices too', async () => {
     const sim = new SimulatorBackend();
-    const { gap, result } = await maxBlockMs(() => sim.complete(request({ ...big, logprobs: null })));
+    const { gap, result } = await maxBlockMs(() => sim.complete(request({ ...big, logprobs: 1 })));
     expect(result.choices).toHaveLength(128);
     expect(result.usage?.completion_tokens).toBe(128 * 2_048);
     expect(gap).toBeLessThan(100);
