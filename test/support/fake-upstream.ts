@@ -6,7 +6,8 @@ import type { AddressInfo } from 'node:net';
  * benchmark (so it is kept cheap per request). The text is deterministic: `" echo:"` then
  * `" " + word` per prompt word, so every client can check it received its own answer.
  *
- * Behaviour knobs are extra body fields, which the gateway forwards untouched:
+ * Behaviour knobs are extra body fields (a deployment must list them in
+ * `extra_body_allowed` for them to get through, see FAKE_UPSTREAM_KNOBS):
  * - `fake_ttft_ms`, `fake_itl_ms`: delay before the first token / between tokens.
  * - `fake_fail`:
  *   - `status:<code>`: that status with an OpenAI error body (429 adds `retry-after: 1`);
@@ -24,8 +25,33 @@ import type { AddressInfo } from 'node:net';
  * - `fake_chunk_bytes`: write the stream in slices of that many bytes (split UTF-8 tests).
  * - `fake_end_delay_ms`: wait that long between `data: [DONE]` and the end of the body.
  * - `fake_ignore_stream`: answer a stream request with a plain JSON completion.
+ * - `fake_text_bytes`: (non-stream) every choice's text is `fakeBulkText(n, index)` instead.
  * - model `unauthorized` → 401, `missing-model` → 404 (per-deployment failures).
  */
+
+/** Every body field the fake upstream reacts to. */
+export const FAKE_UPSTREAM_KNOBS = [
+  'fake_ttft_ms',
+  'fake_itl_ms',
+  'fake_fail',
+  'fake_error_message',
+  'fake_chunk_bytes',
+  'fake_end_delay_ms',
+  'fake_ignore_stream',
+  'fake_text_bytes',
+] as const;
+
+const BULK_PATTERN = 'aqueduct bulk ✓ "quoted" \\ tab\t line\n 😀 ';
+
+/**
+ * Exactly `length` UTF-16 units of deterministic text for choice `index`: non-ASCII, an
+ * astral character, quotes, backslashes and control characters, so that any re-encoding
+ * or slicing on the way (a split surrogate pair, a lost escape) changes its hash.
+ */
+export function fakeBulkText(length: number, index = 0): string {
+  const unit = `#${index} ${BULK_PATTERN}`;
+  return unit.repeat(Math.ceil(length / unit.length)).slice(0, length);
+}
 
 export interface RecordedRequest {
   headers: IncomingHttpHeaders;
@@ -143,7 +169,7 @@ async function route(req: IncomingMessage, res: ServerResponse, body: Record<str
   // `fake_ignore_stream` answers a stream request with a JSON body, as some servers do.
   return body.stream === true && body.fake_ignore_stream !== true
     ? streamCompletion(res, plan, kind, Number(arg), body)
-    : sendCompletion(res, plan, kind);
+    : sendCompletion(res, plan, kind, num(body.fake_text_bytes, -1));
 }
 
 interface Plan {
@@ -186,7 +212,7 @@ function planCompletion(body: Record<string, unknown>, model: string, id: string
   };
 }
 
-async function sendCompletion(res: ServerResponse, plan: Plan, kind: string): Promise<void> {
+async function sendCompletion(res: ServerResponse, plan: Plan, kind: string, textBytes: number): Promise<void> {
   if (kind === 'reset-after') {
     res.socket?.destroy();
     return;
@@ -200,19 +226,20 @@ async function sendCompletion(res: ServerResponse, plan: Plan, kind: string): Pr
     return;
   }
   const finish = (index: number) => (kind === 'finish-abort' ? 'abort' : (plan.finish[index] ?? 'stop'));
-  const choices = plan.tokens.map((t, index) => choiceJson(index, t.join(''), finish(index)));
-  let text = `${plan.head}"choices":[${choices.join(',')}],"usage":${JSON.stringify(plan.usage)}}`;
+  const text = (t: string[], index: number) => (textBytes >= 0 ? fakeBulkText(textBytes, index) : t.join(''));
+  const choices = plan.tokens.map((t, index) => choiceJson(index, text(t, index), finish(index)));
+  let body = `${plan.head}"choices":[${choices.join(',')}],"usage":${JSON.stringify(plan.usage)}}`;
   if (kind === 'garbage') {
-    text = 'this is not json';
+    body = 'this is not json';
   } else if (kind === 'error-frame') {
-    text = '{"error":{"message":"boom","type":"BadRequestError","param":null,"code":400}}';
+    body = '{"error":{"message":"boom","type":"BadRequestError","param":null,"code":400}}';
   } else if (kind === 'no-choices') {
-    text = `${plan.head}"usage":${JSON.stringify(plan.usage)}}`;
+    body = `${plan.head}"usage":${JSON.stringify(plan.usage)}}`;
   } else if (kind === 'eof-after') {
-    text = text.slice(0, text.length >> 1);
+    body = body.slice(0, body.length >> 1);
   }
   res.writeHead(200, { 'content-type': 'application/json' });
-  res.end(text);
+  res.end(body);
 }
 
 async function streamCompletion(

@@ -5,6 +5,7 @@ export * from './config/router-config';
 export * from './contracts/api-error';
 export * from './contracts/completion-job';
 export * from './contracts/openai';
+export * from './contracts/openai-params';
 export * from './contracts/relay-message';
 export * from './names';
 export * from './clock';

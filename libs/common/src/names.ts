@@ -9,6 +9,11 @@ export function redisNames(prefix: string) {
     prefix,
     /** BullMQ's own key prefix; the queue is `<prefix>:bull:completions:*`. */
     bullPrefix: `${prefix}:bull`,
+    /**
+     * The lock BullMQ (6.x: `<queue key>:<jobId>:lock`) holds on an active completion job,
+     * renewed by the worker process running it: its existence proves that process alive.
+     */
+    completionJobLock: (jobId: string) => `${prefix}:bull:${COMPLETIONS_QUEUE}:${jobId}:lock`,
     /** HASH sha256(key) → token record JSON: auth is one HGET. */
     tokensByHash: `${prefix}:tokens:by-hash`,
     /** HASH token id → sha256(key), for listing and revocation by id. */

@@ -1,4 +1,4 @@
-import { ApiError, REQUEST_LIMITS, type ModelEntry } from '@app/common';
+import { ApiError, COMPLETION_PARAMS, REQUEST_LIMITS, type ModelEntry } from '@app/common';
 import { z } from 'zod';
 
 /**
@@ -150,7 +150,7 @@ const DEFAULT_PROMPT = '<|endoftext|>';
 /** Fields the gateway owns and never forwards. */
 const GATEWAY_FIELDS = new Set(['model', 'stream', 'stream_options', 'user_id']);
 /** The OpenAI parameters a backend receives; other fields only when a deployment allows them. */
-const OPENAI_FIELDS = new Set(Object.keys(completionRequestSchema.shape).filter((k) => !GATEWAY_FIELDS.has(k)));
+const OPENAI_FIELDS: ReadonlySet<string> = new Set(COMPLETION_PARAMS.filter((k) => !GATEWAY_FIELDS.has(k)));
 
 export interface ParsedCompletion {
   model: string;

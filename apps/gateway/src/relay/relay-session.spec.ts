@@ -16,6 +16,35 @@ function collect() {
 }
 
 describe('RelaySession', () => {
+  it('counts parts of a non-stream result as output; only the result ends the session', () => {
+    const { seen, session } = collect();
+    session.accept({ t: 'start', rid: 'r', att: 0, seq: 0, workerId: 'w', deployment: 'd' }, 1);
+    expect(session.hasOutput).toBe(false);
+    const part = (seq: number): RelayMessage => ({
+      t: 'part',
+      rid: 'r',
+      att: 0,
+      seq,
+      choices: [{ index: 0, text: `p${seq}`, logprobs: null, finish_reason: null }],
+    });
+    session.accept(part(1), 2);
+    expect(session.hasOutput).toBe(true);
+    expect(session.isClosed).toBe(false);
+    session.accept(part(2), 3);
+    session.accept({ t: 'result', rid: 'r', att: 0, seq: 3, choices: [], usage: null }, 4);
+    expect(session.isClosed).toBe(true);
+    expect(session.closedAt).toBe(4);
+    expect(seen.map((m) => m.t)).toEqual(['start', 'part', 'part', 'result']);
+  });
+
+  it('fails on a lost part instead of answering with a hole in the text', () => {
+    const { seen, session } = collect();
+    session.accept({ t: 'part', rid: 'r', att: 0, seq: 0, choices: [] }, 1);
+    session.accept({ t: 'part', rid: 'r', att: 0, seq: 2, choices: [] }, 2);
+    expect(seen.at(-1)).toMatchObject({ t: 'error', status: 502 });
+    expect(session.isClosed).toBe(true);
+  });
+
   it('delivers messages in sequence and closes on the terminal message', () => {
     const { seen, session } = collect();
     session.accept(chunk(0), 1);

@@ -15,8 +15,10 @@ export class RelaySession {
   lastActivity = -1;
   /** The worker running the current attempt, from its `start` message. */
   workerId?: string;
-  /** Whether output (a chunk or a result) has reached the client: past that, no retry. */
+  /** Whether output (a chunk, part or result) has reached the client: past that, no retry. */
   hasOutput = false;
+  /** Epoch ms at which a terminal message (or a failure) ended the session; -1 while open. */
+  closedAt = -1;
 
   /**
    * @param onWorkerLost called when the worker of a started attempt disappears; returns
@@ -51,27 +53,30 @@ export class RelaySession {
     }
     this.lastActivity = now;
     if (msg.seq > this.nextSeq) {
-      this.fail(502, 'The response stream was interrupted (relay messages were lost). Please retry.');
+      this.fail(502, 'The response stream was interrupted (relay messages were lost). Please retry.', null, now);
       return;
     }
     this.nextSeq += 1;
     if (msg.t === 'start') {
       this.workerId = msg.workerId;
-    } else if (msg.t === 'chunk' || msg.t === 'result') {
+    } else if (msg.t === 'chunk' || msg.t === 'part' || msg.t === 'result') {
+      // A part is output too: a re-run would generate (and bill) the answer a second time.
       this.hasOutput = true;
     }
     if (msg.t === 'done' || msg.t === 'error' || msg.t === 'result') {
       this.closed = true;
+      this.closedAt = now;
     }
     this.listener(msg);
   }
 
   /** Ends the session with a synthetic error (timeouts, lost messages, shutdown). */
-  fail(status: number, message: string, code: string | null = null): void {
+  fail(status: number, message: string, code: string | null = null, now = Date.now()): void {
     if (this.closed) {
       return;
     }
     this.closed = true;
+    this.closedAt = now;
     const msg: ErrorMessage = {
       t: 'error',
       rid: this.rid,

@@ -11,8 +11,17 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type Redis from 'ioredis';
+import { InjectRedis } from '../redis/redis.tokens';
 import { WorkerRegistry } from '../workers/worker-registry.service';
+import { AttemptOwnership } from './attempt-ownership';
 import { type RelayListener, RelaySession } from './relay-session';
+
+/**
+ * A session that ended (terminal message or failure) is normally removed by `close()` when
+ * its response closes; past this it is dropped anyway, so that no path can leave one behind
+ * for shutdown to wait on.
+ */
+const CLOSED_SESSION_TTL_MS = 60_000;
 
 /**
  * Receives every relay message for this gateway instance on ONE pub/sub inbox channel,
@@ -29,6 +38,9 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   private readonly sessions = new Map<string, RelaySession>();
   private subscriber?: Redis;
   private idleTimer?: NodeJS.Timeout;
+  private readonly ownership: AttemptOwnership;
+  /** One ownership check at a time: a slow Redis must not stack them up sweep after sweep. */
+  private checking = false;
   /** Set on SIGTERM: new completions are refused while open ones finish. */
   draining = false;
 
@@ -37,8 +49,10 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     private readonly clock: Clock,
     private readonly workers: WorkerRegistry,
     private readonly adapterHost: HttpAdapterHost,
+    @InjectRedis() redis: Redis,
   ) {
     this.inbox = config.names.gatewayInbox(this.gatewayId);
+    this.ownership = new AttemptOwnership(redis, config.names);
   }
 
   async onModuleInit(): Promise<void> {
@@ -60,6 +74,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     (this.adapterHost.httpAdapter?.getHttpServer() as Server | undefined)?.close();
     const until = this.clock.now() + this.config.env.AQUEDUCT_SHUTDOWN_GRACE_MS;
     while (this.sessions.size > 0 && this.clock.now() < until) {
+      this.dropStale(this.clock.now());
       await new Promise((r) => setTimeout(r, 50));
     }
     for (const s of this.sessions.values()) {
@@ -105,29 +120,75 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   }
 
   /**
-   * One timer for all requests. A started attempt is lost when its worker fell silent
-   * for the idle timeout, or stopped heartbeating (faster: a SIGKILLed worker is noticed
-   * within three heartbeats). Before any output reached the client it is run again
-   * once; after that the client gets an error.
+   * One timer for all requests. A started attempt is lost when its relay fell silent for
+   * the idle timeout (a real stall: a live worker relays a heartbeat well within it).
+   * Missing control-plane heartbeats alone prove nothing: they lapse in a pub/sub blip
+   * and stop on purpose when a worker drains while it finishes its jobs. So a session
+   * whose worker looks gone is only a suspect; it is lost (sooner than the idle timeout)
+   * once the attempt's job lock is gone too. Before any output reached the client a lost
+   * attempt is run again once; after that the client gets an error.
    */
   private sweepIdle(idleMs: number): void {
     const now = this.clock.now();
     const alive = new Set(this.workers.alive().map((w) => w.workerId));
     const beatMs = this.config.env.AQUEDUCT_HEARTBEAT_MS;
-    for (const s of this.sessions.values()) {
-      if (!s.started || s.isClosed) {
+    const suspects: RelaySession[] = [];
+    for (const [rid, s] of this.sessions) {
+      if (s.isClosed) {
+        if (now - s.closedAt > CLOSED_SESSION_TTL_MS) {
+          this.sessions.delete(rid); // ended long ago but never closed (see CLOSED_SESSION_TTL_MS)
+        }
+        continue;
+      }
+      if (!s.started) {
         continue;
       }
       const silent = now - s.lastActivity;
-      const workerGone = s.workerId !== undefined && !alive.has(s.workerId) && silent > beatMs;
-      if (silent <= idleMs && !workerGone) {
-        continue;
+      if (silent > idleMs) {
+        this.lost(s);
+      } else if (s.workerId !== undefined && !alive.has(s.workerId) && silent > beatMs) {
+        suspects.push(s);
       }
-      if (!s.hasOutput && s.onWorkerLost()) {
-        this.logger.warn(`request ${s.rid}: worker ${s.workerId ?? '?'} lost before any output; running it again`);
-        continue;
+    }
+    if (suspects.length > 0 && !this.checking) {
+      void this.checkOwnership(suspects);
+    }
+  }
+
+  /** Fails over or fails the suspects whose job lock is gone; on a Redis error, decides nothing. */
+  private async checkOwnership(suspects: RelaySession[]): Promise<void> {
+    this.checking = true;
+    const attempts = suspects.map((s) => ({ session: s, rid: s.rid, att: s.attempt }));
+    try {
+      const held = await this.ownership.held(attempts);
+      attempts.forEach((a, i) => {
+        // The session may have moved on (a message, a retry, its end) while Redis answered.
+        if (held[i] === false && !a.session.isClosed && a.session.attempt === a.att && a.session.started) {
+          this.lost(a.session);
+        }
+      });
+    } catch {
+      // Redis is unreachable: the idle timeout still catches a real stall.
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private lost(s: RelaySession): void {
+    if (!s.hasOutput && s.onWorkerLost()) {
+      this.logger.warn(`request ${s.rid}: worker ${s.workerId ?? '?'} lost before any output; running it again`);
+      return;
+    }
+    const message = 'The worker stopped responding before the completion finished. Please retry.';
+    s.fail(502, message, 'worker_lost', this.clock.now());
+  }
+
+  /** Drops sessions that ended long ago but were never closed (see CLOSED_SESSION_TTL_MS). */
+  private dropStale(now: number): void {
+    for (const [rid, s] of this.sessions) {
+      if (s.isClosed && now - s.closedAt > CLOSED_SESSION_TTL_MS) {
+        this.sessions.delete(rid);
       }
-      s.fail(502, 'The worker stopped responding before the completion finished. Please retry.', 'worker_lost');
     }
   }
 }

@@ -4,8 +4,10 @@ import type { ChoiceDelta, Deployment, Usage } from '@app/common';
 export interface BackendRequest {
   deployment: Deployment;
   /**
-   * The client's completion parameters, unknown ones included, without `model`,
-   * `stream`, `stream_options` and `user_id` (the backend sets those itself).
+   * The client's completion parameters as the job carries them, without `model`,
+   * `stream`, `stream_options` and `user_id` (the backend sets those itself). A backend
+   * that calls an upstream forwards only COMPLETION_PARAMS and the deployment's
+   * `extraBodyAllowed` (see pickCompletionParams).
    */
   params: Record<string, unknown>;
   /** Aborted on client disconnect, cancel, deadline or shutdown. */

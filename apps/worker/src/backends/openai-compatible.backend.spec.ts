@@ -1,7 +1,12 @@
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChoiceDelta, Deployment } from '@app/common';
-import { startFakeUpstream, type FakeUpstream } from '../../../../test/support/fake-upstream';
+import {
+  FAKE_UPSTREAM_KNOBS,
+  fakeBulkText,
+  startFakeUpstream,
+  type FakeUpstream,
+} from '../../../../test/support/fake-upstream';
 import { BackendError } from './backend-error';
 import type { BackendRequest, StreamEvent } from './llm-backend';
 import { OpenAICompatibleBackend } from './openai-compatible.backend';
@@ -33,7 +38,7 @@ function deployment(over: Partial<Deployment> = {}): Deployment {
     apiKey: API_KEY,
     ttftMs: 0,
     itlMs: 0,
-    extraBodyAllowed: [],
+    extraBodyAllowed: FAKE_UPSTREAM_KNOBS,
     ...over,
   };
 }
@@ -91,25 +96,44 @@ async function eventually(check: () => boolean, ms = 2_000): Promise<void> {
 }
 
 describe('OpenAICompatibleBackend: requests', () => {
-  it('forwards unknown params untouched, sets model and stream, sends the key', async () => {
+  it('forwards OpenAI params and the allowed extensions only, sets model and stream, sends the key', async () => {
     const params = {
       top_k: 5,
       vendor: { nested: [1, 'two'] },
+      access_token: 'sk-not-a-credential',
+      some_vllm_private: true,
       temperature: 0.3,
+      seed: 7,
       stream_options: { include_usage: true },
     };
-    await backend.complete(request(params));
+    const allowed = deployment({ extraBodyAllowed: ['vendor'] });
+    await backend.complete(request(params, { deployment: allowed }));
     const { body, headers } = lastRequest();
     expect(body).toEqual({
       prompt: 'hello world',
-      top_k: 5,
       vendor: { nested: [1, 'two'] },
       temperature: 0.3,
+      seed: 7,
       model: 'upstream-llama',
       stream: false,
     });
     expect(headers.authorization).toBe(`Bearer ${API_KEY}`);
     expect(headers['content-type']).toBe('application/json');
+  });
+
+  it('drops every non-OpenAI field when the deployment allows none', async () => {
+    await backend.complete(
+      request({ top_k: 5, fake_ttft_ms: 1, user: 'u-1' }, { deployment: deployment({ extraBodyAllowed: [] }) }),
+    );
+    expect(lastRequest().body).toEqual({ prompt: 'hello world', user: 'u-1', model: 'upstream-llama', stream: false });
+  });
+
+  it('reads a non-stream body up to its limit intact (40 MB of text with escapes and astral characters)', async () => {
+    const size = 40 * 1024 * 1024;
+    const r = await backend.complete(request({ fake_text_bytes: size }));
+    expect(r.choices).toHaveLength(1);
+    expect(r.choices[0]?.text.length).toBe(size);
+    expect(r.choices[0]?.text === fakeBulkText(size, 0)).toBe(true);
   });
 
   it('always asks a streaming upstream for usage', async () => {

@@ -1,5 +1,5 @@
 import { Pool } from 'undici';
-import type { Deployment } from '@app/common';
+import { type Deployment, pickCompletionParams } from '@app/common';
 import { BackendError } from './backend-error';
 import type { BackendRequest, CompletionResult, LlmBackend, StreamEvent } from './llm-backend';
 import { parseJsonOrUndefined, readText, UpstreamCall } from './upstream-call';
@@ -23,8 +23,8 @@ interface Target {
 
 /**
  * Talks to OpenAI-compatible `/v1/completions` upstreams (vLLM, OpenAI, Ollama, llama.cpp)
- * and hands back OpenAI-normalised results. The client's parameters go through untouched
- * (unknown ones included) so that upstream extensions keep working.
+ * and hands back OpenAI-normalised results. Only OpenAI's completion parameters and the
+ * deployment's `extra_body_allowed` fields go upstream (see COMPLETION_PARAMS).
  */
 export class OpenAICompatibleBackend implements LlmBackend {
   /** One keep-alive pool per origin, shared by every deployment that points there. */
@@ -135,11 +135,15 @@ export class OpenAICompatibleBackend implements LlmBackend {
 }
 
 /**
- * The client's parameters as they came (unknown ones included), with the fields the
- * gateway owns set here. Usage is always requested on streams: accounting needs it.
+ * The client's OpenAI parameters plus the extensions this deployment allows, with the
+ * fields the gateway owns set here. Everything else is dropped even if a gateway let it
+ * through (an older gateway, a job written by hand): the upstream's surface is the
+ * operator's decision. Usage is always requested on streams: accounting needs it.
  */
 function upstreamBody(req: BackendRequest, stream: boolean): string {
-  const body: Record<string, unknown> = { ...req.params, model: req.deployment.upstreamModel, stream };
+  const body = pickCompletionParams(req.params, req.deployment.extraBodyAllowed);
+  body.model = req.deployment.upstreamModel;
+  body.stream = stream;
   if (stream) {
     body.stream_options = { include_usage: true };
   } else {

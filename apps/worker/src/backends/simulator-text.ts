@@ -3,13 +3,15 @@ import type { FinishReason, Logprobs, Usage } from '@app/common';
 import type { SimParams } from './simulator-params';
 
 /**
- * What the simulator "generates", computed up front so that a streamed and a non-stream
- * answer to the same request are the same text by construction: the stream just paces
- * the steps out, the non-stream answer joins them.
+ * What the simulator "generates", produced lazily, one step (stream chunk) at a time, so
+ * that a request asking for a huge answer costs memory and CPU only as fast as it is
+ * consumed: nothing is built up front. A streamed and a non-stream answer to the same
+ * request are the same text by construction: the stream paces the steps out, the
+ * non-stream answer joins them.
  */
 
 /** One token's logprob entry; `null`s mark the first echoed prompt token, as OpenAI does. */
-interface TokenLogprob {
+export interface TokenLogprob {
   token: string;
   logprob: number | null;
   top: Record<string, number> | null;
@@ -22,20 +24,14 @@ export interface SimStep {
   logprobs: TokenLogprob[];
 }
 
-export interface ChoicePlan {
-  index: number;
-  /** At least one step; the last one carries `finish`. */
-  steps: SimStep[];
-  finish: FinishReason;
-}
-
-export interface CompletionPlan {
-  choices: ChoicePlan[];
-  usage: Usage;
-  /** Steps of the longest choice: what the timing is based on. */
-  steps: number;
+/** A request's choices, each generated on demand, plus what usage needs. */
+export interface CompletionRun {
+  /** In index order (`prompt_idx * n + choice_idx`); each is created when first asked for. */
+  choices(): Generator<ChoiceGenerator>;
   /** Whether choices carry a logprobs object. */
   logprobs: boolean;
+  /** Valid once every choice is exhausted. */
+  usage(): Usage;
 }
 
 const VOCABULARY = (
@@ -47,38 +43,180 @@ const VOCABULARY = (
 const MIN_NATURAL_TOKENS = 8;
 const MAX_NATURAL_TOKENS = 64;
 
-export function planCompletion(upstreamModel: string, p: SimParams): CompletionPlan {
-  const choices: ChoicePlan[] = [];
-  let promptTokens = 0;
-  let completionTokens = 0;
-  p.prompts.forEach((prompt, promptIdx) => {
-    const words = prompt.split(/\s+/).filter((w) => w !== '');
-    promptTokens += words.length; // once per prompt, however many choices it has
-    for (let c = 0; c < p.n; c++) {
-      const seedText = JSON.stringify([upstreamModel, prompt, c, p.seed]);
-      const natural = upstreamModel === 'echo' ? words.map((w) => ` ${w}`) : randomTokens(prng(`${seedText}:text`));
-      const generated = applyLimits(natural, p.maxTokens, p.stop);
-      completionTokens += generated.count;
-      const index = promptIdx * p.n + c;
-      const lp = p.logprobs === null ? null : { top: p.logprobs, rng: prng(`${seedText}:logprobs`) };
-      choices.push({ index, steps: toSteps(p.echo ? prompt : '', generated.visible, lp), finish: generated.finish });
-    }
-  });
+export function startCompletion(upstreamModel: string, p: SimParams): CompletionRun {
+  // Words are split once per prompt (the prompt token count needs them anyway) and shared
+  // by that prompt's n choices.
+  const words = p.prompts.map((prompt) => prompt.split(/\s+/).filter((w) => w !== ''));
+  const promptTokens = words.reduce((sum, w) => sum + w.length, 0); // once per prompt, however many choices
+  const created: ChoiceGenerator[] = [];
   return {
-    choices,
-    usage: {
-      prompt_tokens: promptTokens,
-      completion_tokens: completionTokens,
-      total_tokens: promptTokens + completionTokens,
+    *choices() {
+      for (let promptIdx = 0; promptIdx < p.prompts.length; promptIdx++) {
+        for (let c = 0; c < p.n; c++) {
+          const gen = new ChoiceGenerator(
+            upstreamModel,
+            p,
+            p.prompts[promptIdx] ?? '',
+            words[promptIdx] ?? [],
+            promptIdx,
+            c,
+          );
+          created.push(gen);
+          yield gen;
+        }
+      }
     },
-    steps: Math.max(...choices.map((c) => c.steps.length)),
     logprobs: p.logprobs !== null,
+    usage() {
+      const completionTokens = created.reduce((sum, g) => sum + g.count, 0);
+      return {
+        prompt_tokens: promptTokens,
+        completion_tokens: completionTokens,
+        total_tokens: promptTokens + completionTokens,
+      };
+    },
   };
 }
 
-/** The non-stream form of a choice's steps. */
-export function joinSteps(steps: SimStep[]): SimStep {
-  return { text: steps.map((s) => s.text).join(''), logprobs: steps.flatMap((s) => s.logprobs) };
+/**
+ * One choice's steps, in order. The natural completion is cut at max_tokens, then at the
+ * first stop sequence to complete, checked after every token as an engine does. A stop may
+ * span several tokens and so shorten tokens already generated; a token is therefore handed
+ * out only once no later stop can reach back into it (a look-ahead of at most the longest
+ * stop's length), which keeps the output identical to cutting the whole text at once.
+ */
+export class ChoiceGenerator {
+  readonly index: number;
+  /** Tokens generated, including those that spelled out a stop sequence (valid once exhausted). */
+  count = 0;
+  /** Valid once exhausted. */
+  finish: FinishReason = 'stop';
+
+  private readonly natural: () => string;
+  private readonly naturalLength: number;
+  private readonly limit: number;
+  private readonly stops: string[];
+  private readonly maxStop: number;
+  /** Generated tokens not handed out yet, with their start offsets in the joined text. */
+  private readonly pending: { text: string; start: number }[] = [];
+  private pendingHead = 0;
+  /** Length of the joined (uncut) text generated so far. */
+  private total = 0;
+  /** The last `maxStop - 1` characters of that text: all a new stop can start in. */
+  private tail = '';
+  private done = false;
+  private emitted = 0;
+  private readonly echo: string;
+  private readonly lp: { top: number; rng: () => number } | null;
+  private offset = 0;
+
+  constructor(upstreamModel: string, p: SimParams, prompt: string, words: string[], promptIdx: number, c: number) {
+    this.index = promptIdx * p.n + c;
+    const seedText = JSON.stringify([upstreamModel, prompt, c, p.seed]);
+    if (upstreamModel === 'echo') {
+      let i = 0;
+      this.natural = () => ` ${words[i++] ?? ''}`;
+      this.naturalLength = words.length;
+    } else {
+      const rng = prng(`${seedText}:text`);
+      this.naturalLength = MIN_NATURAL_TOKENS + Math.floor(rng() * (MAX_NATURAL_TOKENS - MIN_NATURAL_TOKENS + 1));
+      this.natural = () => ` ${pick(rng)}`;
+    }
+    this.limit = Math.min(p.maxTokens, this.naturalLength);
+    this.stops = p.stop;
+    this.maxStop = p.stop.reduce((m, s) => Math.max(m, s.length), 0);
+    this.echo = p.echo ? prompt : '';
+    this.lp = p.logprobs === null ? null : { top: p.logprobs, rng: prng(`${seedText}:logprobs`) };
+    if (this.limit === 0) {
+      this.finish = this.naturalLength > 0 ? 'length' : 'stop';
+      this.done = true;
+    }
+  }
+
+  /** True once the last step has been handed out. */
+  get exhausted(): boolean {
+    return this.done && this.pendingHead === this.pending.length && this.emitted > 0;
+  }
+
+  /** The next step, or undefined after the last one. Every choice has at least one step. */
+  next(): SimStep | undefined {
+    while (!this.done && (this.pendingHead === this.pending.length || !this.safe())) {
+      this.generate();
+    }
+    const token = this.pendingHead < this.pending.length ? this.pending[this.pendingHead++] : undefined;
+    if (this.pendingHead === this.pending.length) {
+      this.pending.length = 0;
+      this.pendingHead = 0;
+    }
+    if (token === undefined && this.emitted > 0) {
+      return undefined;
+    }
+    return this.step(token?.text ?? '');
+  }
+
+  /** Whether the oldest pending token lies wholly before where any later stop could start. */
+  private safe(): boolean {
+    const first = this.pending[this.pendingHead];
+    return first !== undefined && first.start + first.text.length <= this.total - this.maxStop + 1;
+  }
+
+  private generate(): void {
+    const token = this.natural();
+    const before = this.total;
+    const tailStart = before - this.tail.length;
+    const text = this.tail + token;
+    let cut: number | undefined;
+    for (const stop of this.stops) {
+      const at = text.indexOf(stop, Math.max(0, before - stop.length + 1 - tailStart));
+      if (at !== -1 && (cut === undefined || at + tailStart < cut)) {
+        cut = at + tailStart;
+      }
+    }
+    this.pending.push({ text: token, start: before });
+    this.total += token.length;
+    this.count += 1;
+    if (cut !== undefined) {
+      // Keeps each pending token's characters that lie before the cut.
+      for (let i = this.pendingHead; i < this.pending.length; i++) {
+        const t = this.pending[i] as { text: string; start: number };
+        t.text = t.text.slice(0, Math.max(0, cut - t.start));
+      }
+      this.finish = 'stop';
+      this.done = true;
+      return;
+    }
+    this.tail = this.maxStop > 1 ? text.slice(-(this.maxStop - 1)) : '';
+    if (this.count === this.limit) {
+      this.finish = this.limit < this.naturalLength ? 'length' : 'stop';
+      this.done = true;
+    }
+  }
+
+  private step(token: string): SimStep {
+    const first = this.emitted === 0;
+    this.emitted += 1;
+    const step: SimStep = { text: first ? this.echo + token : token, logprobs: [] };
+    const lp = this.lp;
+    if (lp === null) {
+      return step;
+    }
+    // Offsets count from the start of the choice's text, echoed prompt included.
+    const entry = (piece: string, scored: boolean): TokenLogprob => {
+      const e = scored
+        ? scoredEntry(piece, this.offset, lp.top, lp.rng)
+        : { token: piece, logprob: null, top: null, offset: this.offset };
+      this.offset += piece.length;
+      return e;
+    };
+    if (first) {
+      // The echoed prompt, split so that its pieces join back to it exactly.
+      (this.echo.match(/\s*\S+|\s+/g) ?? []).forEach((piece, i) => step.logprobs.push(entry(piece, i > 0)));
+    }
+    if (token !== '') {
+      step.logprobs.push(entry(token, true));
+    }
+    return step;
+  }
 }
 
 export function toLogprobs(entries: TokenLogprob[]): Logprobs {
@@ -88,84 +226,6 @@ export function toLogprobs(entries: TokenLogprob[]): Logprobs {
     top_logprobs: entries.map((e) => e.top),
     text_offset: entries.map((e) => e.offset),
   };
-}
-
-function randomTokens(rng: () => number): string[] {
-  const length = MIN_NATURAL_TOKENS + Math.floor(rng() * (MAX_NATURAL_TOKENS - MIN_NATURAL_TOKENS + 1));
-  return Array.from({ length }, () => ` ${pick(rng)}`);
-}
-
-interface Generated {
-  /** Per generated token, the part the client sees (a stop sequence and what follows are cut). */
-  visible: string[];
-  /** Tokens generated, including those that spelled out a stop sequence. */
-  count: number;
-  finish: FinishReason;
-}
-
-/**
- * Cuts the natural completion at max_tokens, then at the first stop sequence to complete,
- * checked after every token as an engine does (a stop may span several tokens).
- */
-function applyLimits(natural: string[], maxTokens: number, stops: string[]): Generated {
-  const tokens = natural.slice(0, maxTokens);
-  let text = '';
-  for (let i = 0; i < tokens.length; i++) {
-    const before = text.length;
-    text += tokens[i];
-    const cut = firstStop(text, before, stops);
-    if (cut !== undefined) {
-      return { visible: clip(tokens.slice(0, i + 1), cut), count: i + 1, finish: 'stop' };
-    }
-  }
-  return { visible: tokens, count: tokens.length, finish: tokens.length < natural.length ? 'length' : 'stop' };
-}
-
-/** Where the earliest stop sequence that ends in the text added after `before` starts. */
-function firstStop(text: string, before: number, stops: string[]): number | undefined {
-  let cut: number | undefined;
-  for (const stop of stops) {
-    const at = text.indexOf(stop, Math.max(0, before - stop.length + 1));
-    if (at !== -1 && (cut === undefined || at < cut)) {
-      cut = at;
-    }
-  }
-  return cut;
-}
-
-/** Keeps each token's characters that lie before `end` in the joined text. */
-function clip(tokens: string[], end: number): string[] {
-  let start = 0;
-  return tokens.map((t) => {
-    const kept = t.slice(0, Math.max(0, end - start));
-    start += t.length;
-    return kept;
-  });
-}
-
-function toSteps(echo: string, visible: string[], lp: { top: number; rng: () => number } | null): SimStep[] {
-  const steps: SimStep[] =
-    visible.length === 0 ? [{ text: '', logprobs: [] }] : visible.map((text) => ({ text, logprobs: [] }));
-  const first = steps[0] as SimStep;
-  first.text = echo + first.text;
-  if (lp === null) {
-    return steps;
-  }
-  // Offsets count from the start of the choice's text, echoed prompt included.
-  let offset = 0;
-  const entry = (token: string, scored: boolean): TokenLogprob => {
-    const e = scored ? scoredEntry(token, offset, lp.top, lp.rng) : { token, logprob: null, top: null, offset };
-    offset += token.length;
-    return e;
-  };
-  // The echoed prompt, split so that its pieces join back to it exactly.
-  (echo.match(/\s*\S+|\s+/g) ?? []).forEach((piece, i) => first.logprobs.push(entry(piece, i > 0)));
-  visible.forEach((token, i) => {
-    if (token !== '') {
-      (steps[i] as SimStep).logprobs.push(entry(token, true));
-    }
-  });
-  return steps;
 }
 
 /** The sampled token plus `top` other vocabulary words, all with deterministic fake logprobs. */

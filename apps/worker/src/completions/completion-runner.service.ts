@@ -46,7 +46,7 @@ export class CompletionRunner {
     private readonly usage: WorkerUsage,
     @InjectPublisher() private readonly redis: Redis,
   ) {
-    this.slots = new DeploymentSlots(redis, config.names, () => clock.now());
+    this.slots = new DeploymentSlots(redis, config.names, () => clock.now(), config.env.AQUEDUCT_SLOT_LEASE_MS);
   }
 
   async run(data: CompletionJobData): Promise<CompletionJobResult> {
@@ -143,6 +143,11 @@ export class CompletionRunner {
               state.chars += c.text.length;
             }
             out.send({ t: 'chunk', choices: ev.choices, system_fingerprint: ev.system_fingerprint });
+            // Only a job out-publishing Redis or the per-job rate waits here (see RelayPublisher).
+            const wait = out.backpressure();
+            if (wait !== undefined) {
+              await wait;
+            }
           }
           out.send({ t: 'done', usage: state.usage });
         } else {
@@ -150,7 +155,8 @@ export class CompletionRunner {
           state.firstTokenAt = this.clock.now();
           state.usage = r.usage;
           state.chars = r.choices.reduce((n, c) => n + c.text.length, 0);
-          out.send({ t: 'result', choices: r.choices, usage: r.usage, system_fingerprint: r.system_fingerprint });
+          // Split into bounded `part` messages when large; one `result` message otherwise.
+          await out.sendResult(r, signal);
         }
         return;
       } catch (err) {
@@ -212,8 +218,8 @@ export class CompletionRunner {
 
   /**
    * The job's deadline, heartbeats while the backend is silent (so the gateway's idle
-   * timer trusts this worker through a long prefill), and the cancel-flag fallback for
-   * cancels whose control message was lost.
+   * timer trusts this worker through a long prefill), the cancel-flag fallback for
+   * cancels whose control message was lost, and the renewal of a held deployment slot.
    */
   private startTimers(
     data: CompletionJobData,
@@ -227,17 +233,29 @@ export class CompletionRunner {
       if (this.clock.now() - out.lastSentAt >= tickMs) {
         out.send({ t: 'hb' });
       }
-      if (state.holding !== undefined) {
-        this.slots.renew(state.holding, data.rid).catch(() => undefined);
-      }
       this.redis
         .exists(this.config.names.cancelFlag(data.rid))
         .then((n) => n > 0 && abort.abort(new CancelledError('client_disconnected')))
         .catch(() => undefined);
     }, tickMs);
+    // Its own cadence: a lease shorter than the heartbeat tick must still be renewed in time.
+    const renew = setInterval(() => {
+      const holding = state.holding;
+      if (holding !== undefined) {
+        this.slots
+          .renew(holding, data.rid)
+          .then((held) => {
+            if (!held) {
+              this.logger.warn(`request ${data.rid}: its slot on ${holding.id} had expired`);
+            }
+          })
+          .catch(() => undefined);
+      }
+    }, this.slots.renewEveryMs);
     return () => {
       clearTimeout(deadline);
       clearInterval(tick);
+      clearInterval(renew);
     };
   }
 }

@@ -11,7 +11,7 @@ import {
 import type { ServerRedis } from '@nestjs/microservices';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type FakeUpstream, startFakeUpstream } from '../../../../test/support/fake-upstream';
+import { FAKE_UPSTREAM_KNOBS, type FakeUpstream, startFakeUpstream } from '../../../../test/support/fake-upstream';
 import { deleteByPrefix, freePort, REDIS_URL, uniquePrefix } from '../../../../test/support/stack';
 import { BackendRegistry } from '../backends/backend-registry';
 import { CancellationRegistry } from '../control/cancellation.registry';
@@ -35,13 +35,23 @@ describe('CompletionRunner', () => {
   beforeAll(async () => {
     upstream = await startFakeUpstream();
     const deadPort = await freePort();
+    const knobs = [...FAKE_UPSTREAM_KNOBS];
     const router = buildRouterConfig(
       {
         model_list: [
           { model_name: 'flaky', litellm_params: { model: 'openai/x', api_base: `http://127.0.0.1:${deadPort}/v1` } },
-          { model_name: 'flaky', litellm_params: { model: 'openai/x', api_base: upstream.url } },
-          { model_name: 'up', litellm_params: { model: 'openai/x', api_base: upstream.url } },
-          { model_name: 'bad-request', litellm_params: { model: 'openai/x', api_base: upstream.url } },
+          {
+            model_name: 'flaky',
+            litellm_params: { model: 'openai/x', api_base: upstream.url, extra_body_allowed: knobs },
+          },
+          {
+            model_name: 'up',
+            litellm_params: { model: 'openai/x', api_base: upstream.url, extra_body_allowed: knobs },
+          },
+          {
+            model_name: 'bad-request',
+            litellm_params: { model: 'openai/x', api_base: upstream.url, extra_body_allowed: knobs },
+          },
           { model_name: 'slow', litellm_params: { model: 'simulator/lorem', ttft_ms: 5_000 } },
         ],
       },

@@ -45,6 +45,11 @@ export const envSchema = z.object({
   WORKER_CONCURRENCY: int(64, 1),
   /** `max_parallel_requests` of tokens that have none of their own. */
   AQUEDUCT_DEFAULT_MAX_PARALLEL: int(100, 1),
+  /**
+   * Lease of one `max_parallel_requests` slot: a worker renews it every third of this while
+   * the request runs, and a crashed worker's slot frees itself after at most this long.
+   */
+  AQUEDUCT_SLOT_LEASE_MS: int(30_000, 300),
   /** Requests waiting in the queue beyond which new ones are refused with 503 + Retry-After. */
   AQUEDUCT_MAX_QUEUE_DEPTH: int(5_000, 1),
   /** How long usage records are kept. */

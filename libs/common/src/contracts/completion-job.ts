@@ -18,8 +18,9 @@ export interface CompletionJobData {
   model: string;
   stream: boolean;
   /**
-   * The client's parameters to forward, unknown ones included, minus the fields the
-   * gateway owns (`model`, `stream`, `stream_options`, `user_id`).
+   * The client's OpenAI parameters to forward, plus the extensions some deployment of the
+   * model allows (`extra_body_allowed`), minus the fields the gateway owns (`model`,
+   * `stream`, `stream_options`, `user_id`). Workers filter again per deployment.
    */
   params: Record<string, unknown>;
   /** Epoch ms after which the result is useless: workers drop expired jobs at pickup. */

@@ -34,13 +34,29 @@ export interface DoneMessage extends Envelope {
   usage: Usage | null;
 }
 
-/** The whole non-stream completion in one message. */
+/**
+ * A slice of a non-stream completion too large for one message (see
+ * {@link RELAY_PART_MAX_BYTES}): pieces of choices' text and logprobs, to be appended per
+ * `index` in arrival order. Zero or more parts precede the `result`, which then carries
+ * what is left (every choice, with its finish_reason). A pub/sub message is delivered whole
+ * into the subscriber's output buffer, so one 40 MB result would overflow Redis's pub/sub
+ * buffer limit and drop the gateway's inbox connection, failing every request on it.
+ */
+export interface PartMessage extends Envelope {
+  t: 'part';
+  choices: ChoiceDelta[];
+}
+
+/** The whole non-stream completion, or its last piece after `part` messages. */
 export interface ResultMessage extends Envelope {
   t: 'result';
   choices: ChoiceDelta[];
   usage: Usage | null;
   system_fingerprint?: string;
 }
+
+/** Largest serialized relay message a worker publishes for a non-stream result. */
+export const RELAY_PART_MAX_BYTES = 256 * 1024;
 
 export interface ErrorMessage extends Envelope {
   t: 'error';
@@ -49,7 +65,8 @@ export interface ErrorMessage extends Envelope {
   retryAfterMs?: number;
 }
 
-export type RelayMessage = StartMessage | ChunkMessage | HeartbeatMessage | DoneMessage | ResultMessage | ErrorMessage;
+export type RelayMessage =
+  StartMessage | ChunkMessage | HeartbeatMessage | DoneMessage | PartMessage | ResultMessage | ErrorMessage;
 
 /** Control plane (gateway → workers), carried by the @nestjs/microservices Redis transport. */
 export interface CancelCommand {
