@@ -1,17 +1,19 @@
 # syntax=docker/dockerfile:1
 #
 # Aqueduct image: one image for both roles.
-#   gateway (default): docker run -p 8000:8000 -e REDIS_URL=redis://redis:6379 aqueduct
-#   worker:            docker run -e REDIS_URL=redis://redis:6379 aqueduct npm run start:worker
-# The start commands live in package.json (start:gateway / start:worker), so dist/ paths are not
-# repeated here.
+#   gateway (default): docker run -p 8000:8000 -e REDIS_URL=redis://:PASSWORD@redis:6379 aqueduct
+#   worker:            docker run -e REDIS_URL=redis://:PASSWORD@redis:6379 aqueduct \
+#                        node dist/apps/worker/apps/worker/src/main.js
+# Both run node directly (exec form, no npm or shell in between), so SIGTERM reaches the process
+# that drains; the node flags come from NODE_OPTIONS below, as for any node started in the image.
 # Probes (no curl in the image; node's fetch does it, see docker-compose.yml):
 #   gateway: GET :8000/health (liveness), GET :8000/ready (readiness), GET :8000/metrics
 #   worker:  GET :9464/health (liveness), GET :9464/metrics (WORKER_METRICS_PORT)
 # No HEALTHCHECK here: the same image runs both roles, which answer on different ports.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
-# Same npm major as the one that wrote package-lock.json (the base image ships npm 10).
+# Node 24 LTS, pinned to the release CI runs (TOOLCHAIN.md, .ci/run): bump both together.
+ARG NODE_IMAGE=node:24.22.3-bookworm-slim
+# Same npm as the one that wrote package-lock.json (the base image ships its own).
 ARG NPM_VERSION=11.19.1
 
 # ---- npm: the installer both install stages share ----
@@ -38,8 +40,10 @@ RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 
 # ---- runtime ----
 FROM ${NODE_IMAGE} AS runtime
+# --max-semi-space-size: V8's young generation on Node 24 otherwise grows each process to
+# ~350 MB RSS under load (README, "Memory"); the same flags as `npm run start:*`.
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--enable-source-maps \
+    NODE_OPTIONS="--enable-source-maps --max-semi-space-size=16" \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
     NPM_CONFIG_FUND=false \
     NPM_CONFIG_AUDIT=false \
@@ -51,11 +55,13 @@ COPY package.json package-lock.json ./
 COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY config ./config
-# The operator CLI: docker compose exec gateway npx aqueduct tokens create --name me
+# The operator CLI, as `node bin/aqueduct.js` or `aqueduct` on PATH:
+#   docker compose exec gateway aqueduct tokens create --name me
 COPY bin ./bin
+RUN ln -s /app/bin/aqueduct.js /usr/local/bin/aqueduct
 USER node
 # 8000: gateway HTTP (PORT); 9464: worker metrics and health (WORKER_METRICS_PORT).
 EXPOSE 8000 9464
-# npm forwards SIGTERM/SIGINT to the app; run with an init (docker run --init, compose `init: true`)
-# so that zombies are reaped.
-CMD ["npm", "run", "start:gateway"]
+# node is PID 1's child when run with an init (docker run --init, compose `init: true`), which
+# reaps zombies and passes SIGTERM on; without one, node is PID 1 and still handles SIGTERM.
+CMD ["node", "dist/apps/gateway/apps/gateway/src/main.js"]

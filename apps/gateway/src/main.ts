@@ -1,9 +1,20 @@
 import 'reflect-metadata';
-import { AppConfig, AppLogger, ConfigError } from '@app/common';
+import {
+  AppConfig,
+  AppLogger,
+  armShutdownDeadline,
+  COMPLETIONS_QUEUE,
+  ConfigError,
+  redactFromLogs,
+  redisUrlSecrets,
+  trackBullmq,
+} from '@app/common';
+import { getQueueToken } from '@nestjs/bullmq';
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
+import type { Queue } from 'bullmq';
 import { CONTROL_SERVER } from './control/control.tokens';
 import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
@@ -21,9 +32,11 @@ async function bootstrap(): Promise<void> {
     bodyParser: false,
     bufferLogs: true,
   });
+  const config = app.get(AppConfig);
+  // Before the held lines are written: no line ever carries the Redis password.
+  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
   const logger = app.get(AppLogger);
   app.useLogger(logger);
-  const config = app.get(AppConfig);
   app.disable('x-powered-by');
   // req.ip believes X-Forwarded-For only from the configured proxies.
   app.set('trust proxy', config.env.AQUEDUCT_TRUSTED_PROXIES.length > 0 ? config.env.AQUEDUCT_TRUSTED_PROXIES : false);
@@ -40,6 +53,10 @@ async function bootstrap(): Promise<void> {
   app.use(apiBodyRoutes, authenticateFirst());
   app.use(bodyRoutes, ...jsonBody(config.env.AQUEDUCT_MAX_BODY_BYTES));
   app.enableShutdownHooks();
+  // SIGTERM works whatever Redis does: the hooks get the grace period plus a margin, then the
+  // connections are force-closed, then the process exits.
+  armShutdownDeadline({ graceMs: config.env.AQUEDUCT_SHUTDOWN_GRACE_MS });
+  trackBullmq(app.get<Queue>(getQueueToken(COMPLETIONS_QUEUE)));
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) }, { inheritAppConfig: true });
   await app.init();

@@ -63,6 +63,7 @@ export class SseResponder {
       case 'start':
       case 'hb':
       case 'result':
+      case 'part': // non-stream messages: a stream never receives them
         return;
       case 'chunk':
         this.writeChunk(msg);

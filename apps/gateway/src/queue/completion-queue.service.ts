@@ -4,6 +4,7 @@ import {
   claimTtlMs,
   COMPLETIONS_QUEUE,
   completionJobId,
+  watchBullmq,
   type CompletionJobData,
   type CompletionJobResult,
 } from '@app/common';
@@ -23,8 +24,9 @@ export class CompletionQueue {
     @InjectRedis() private readonly redis: Redis,
     private readonly config: AppConfig,
   ) {
-    // BullMQ emits 'error' on connection problems; an EventEmitter without a listener would crash.
-    queue.on('error', (err: Error) => this.logger.warn(`queue: ${err.message}`));
+    // BullMQ emits 'error' on connection problems (an EventEmitter without a listener would
+    // crash); outages are logged once per state change, not on every reconnect attempt.
+    watchBullmq(queue, 'queue');
   }
 
   /**

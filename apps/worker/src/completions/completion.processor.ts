@@ -1,10 +1,25 @@
-import { AppConfig, COMPLETIONS_QUEUE, type CompletionJobData, type CompletionJobResult } from '@app/common';
+import {
+  AppConfig,
+  COMPLETIONS_QUEUE,
+  type CompletionJobData,
+  type CompletionJobResult,
+  ConnectionStateLog,
+  endBullmq,
+  redisUsable,
+  sleep,
+  trackBullmq,
+} from '@app/common';
 import { OnWorkerEvent, Processor, WorkerHost } from '@nestjs/bullmq';
 import { type BeforeApplicationShutdown, Logger, type OnApplicationBootstrap } from '@nestjs/common';
 import type { Job } from 'bullmq';
 import { CancellationRegistry } from '../control/cancellation.registry';
 import { HeartbeatService } from '../control/heartbeat.service';
 import { CompletionRunner } from './completion-runner.service';
+
+/** After the grace period, how long cancelled jobs get to end (error event, usage record). */
+const CANCELLED_SETTLE_MS = 600;
+/** After ending the worker's connections, how long close() gets to notice. */
+const FORCED_CLOSE_SETTLE_MS = 200;
 
 /**
  * `maxStalledCount: 0`: a job whose worker died is failed, never replayed by BullMQ,
@@ -13,6 +28,7 @@ import { CompletionRunner } from './completion-runner.service';
 @Processor(COMPLETIONS_QUEUE, { concurrency: 1, maxStalledCount: 0 })
 export class CompletionProcessor extends WorkerHost implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(CompletionProcessor.name);
+  private readonly connection = ConnectionStateLog.for('queue');
 
   constructor(
     private readonly runner: CompletionRunner,
@@ -26,6 +42,8 @@ export class CompletionProcessor extends WorkerHost implements OnApplicationBoot
   onApplicationBootstrap(): void {
     // @Processor options are static; the configured concurrency is applied here.
     this.worker.concurrency = this.config.env.WORKER_CONCURRENCY;
+    this.worker.getBackend().on('ready', () => this.connection.ready(this.worker));
+    trackBullmq(this.worker);
   }
 
   process(job: Job<CompletionJobData, CompletionJobResult>): Promise<CompletionJobResult> {
@@ -36,28 +54,48 @@ export class CompletionProcessor extends WorkerHost implements OnApplicationBoot
    * SIGTERM: stop taking jobs (waiting ones stay queued for other workers), let the
    * in-flight ones finish within the grace period, then cancel the rest so that their
    * clients get an error they can retry instead of a stream that silently stops.
+   * BullMQ's close() never returns while Redis is unreachable (it waits for its blocking
+   * connection), so when no job is left to wait for and Redis cannot answer, or once the
+   * cancelled jobs had their moment, the worker's connections are ended without Redis.
    */
   async beforeApplicationShutdown(): Promise<void> {
     await this.heartbeat.drain();
-    const closed = this.worker.close();
+    const closed = this.worker.close().then(
+      () => true,
+      () => true,
+    );
     const graceMs = this.config.env.AQUEDUCT_SHUTDOWN_GRACE_MS;
-    let timer: NodeJS.Timeout | undefined;
-    const expired = await Promise.race([
-      closed.then(() => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), graceMs))),
-    ]);
-    clearTimeout(timer);
-    if (expired) {
+    const idle = { stop: false };
+    let done = await Promise.race([closed, sleep(graceMs).then(() => false), this.idleWithoutRedis(idle)]);
+    idle.stop = true;
+    if (!done && this.cancellations.activeCount > 0) {
       this.logger.warn(`grace period over: cancelling ${this.cancellations.activeCount} job(s)`);
       this.cancellations.cancelAll('shutdown');
-      await closed;
+      done = await Promise.race([closed, sleep(CANCELLED_SETTLE_MS).then(() => false)]);
     }
+    if (!done) {
+      this.logger.warn('the queue worker cannot close through Redis: ending its connections');
+      await endBullmq(this.worker);
+      await Promise.race([closed, sleep(FORCED_CLOSE_SETTLE_MS)]);
+    }
+  }
+
+  /**
+   * Resolves `false` once no job runs here and the worker's Redis connection is down: then
+   * close() has nothing to wait for and can only hang. Never resolves while Redis is up.
+   */
+  private async idleWithoutRedis(until: { stop: boolean }): Promise<false> {
+    const client = await this.worker.getBackend().client;
+    while (!until.stop && (this.cancellations.activeCount > 0 || redisUsable(client))) {
+      await sleep(100);
+    }
+    return false;
   }
 
   /** BullMQ emits 'error' for connection problems; without a listener Node would crash. */
   @OnWorkerEvent('error')
   onError(err: Error): void {
-    this.logger.warn(`queue worker: ${err.message}`);
+    this.connection.error(err, this.worker);
   }
 
   @OnWorkerEvent('failed')

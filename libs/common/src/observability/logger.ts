@@ -42,6 +42,44 @@ export const REDACTED_PATHS = [
   '*.body',
 ];
 
+/**
+ * Values that must never reach a log line, whichever field or message carries them: the
+ * Redis password of REDIS_URL, above all. Redis itself can echo a password back (an AUTH
+ * error names it) and a driver may put a URL with credentials into an error message, so
+ * field redaction alone is not enough: every finished line is scrubbed before it is written.
+ */
+const secrets = new Set<string>();
+
+/** Scrubs `values` (when at least 4 characters long) from every log line this process writes. */
+export function redactFromLogs(...values: (string | undefined)[]): void {
+  for (const v of values) {
+    if (v !== undefined && v.length >= 4) {
+      secrets.add(v);
+      // The line is JSON: a value with quotes or backslashes appears escaped in it.
+      secrets.add(JSON.stringify(v).slice(1, -1));
+    }
+  }
+}
+
+/** `user:password@` in any URL, whatever the scheme. */
+const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/@"]*@/gi;
+
+/** `text` without URL credentials and without any value given to {@link redactFromLogs}. */
+export function scrubSecrets(text: string): string {
+  let out = text.includes('://') ? text.replace(URL_CREDENTIALS, '$1[redacted]@') : text;
+  for (const s of secrets) {
+    if (out.includes(s)) {
+      out = out.split(s).join('[redacted]');
+    }
+  }
+  return out;
+}
+
+/** Passes each finished line through {@link scrubSecrets} (cheap: one substring search per secret). */
+function scrubbing(destination: DestinationStream): DestinationStream {
+  return { write: (line: string) => destination.write(scrubSecrets(line)) };
+}
+
 export interface LoggerOptions {
   /** `gateway` or `worker`: the `app` field of every line. */
   app: string;
@@ -65,7 +103,7 @@ export function createLogger(opts: LoggerOptions): Logger {
         return ctx === undefined ? {} : { rid: ctx.rid };
       },
     },
-    opts.destination ?? pino.destination({ dest: 1, sync: true }),
+    scrubbing(opts.destination ?? pino.destination({ dest: 1, sync: true })),
   );
 }
 

@@ -1,5 +1,10 @@
-import { ClientRedis, ServerRedis } from '@nestjs/microservices';
+import { ClientRedis, type RedisStatus, ServerRedis } from '@nestjs/microservices';
+import type Redis from 'ioredis';
+import { EMPTY, type Observable } from 'rxjs';
+import { ConnectionStateLog } from './connection-state-log';
+import { closeRedis } from './redis-factory';
 import { parseRedisUrl } from './redis-url';
+import { trackConnection } from './shutdown';
 
 /**
  * The control plane (cancel, drain, heartbeats) rides on the @nestjs/microservices Redis
@@ -10,10 +15,150 @@ function transportOptions(redisUrl: string) {
   return { ...parseRedisUrl(redisUrl), retryAttempts: Number.MAX_SAFE_INTEGER, retryDelay: 1_000 };
 }
 
+/** Closes the transport's pub/sub pair, whichever of the two exists (the client connects lazily). */
+async function closeAll(...clients: (Redis | null | undefined)[]): Promise<void> {
+  await Promise.all(clients.filter((c): c is Redis => c != null).map((c) => closeRedis(c)));
+}
+
+/** Both ends of the transport log their four connections as one role. */
+const CONTROL_ROLE = 'control';
+
+/** The events the overridden listeners need (the transport types its clients as `any`). */
+type TransportClient = Pick<Redis, 'on'>;
+
+/**
+ * The transport's server, with its connection logging routed through the control role's
+ * {@link ConnectionStateLog} (Nest's own logs every retry twice, an error with its stack and
+ * "Reconnecting to Redis...", and "Connected" on every reconnect), and a `close()` that does
+ * not wait for a Redis that cannot answer.
+ */
+export class ControlServer extends ServerRedis {
+  private readonly connection = ConnectionStateLog.for(CONTROL_ROLE);
+
+  override async createRedisClient(): Promise<Redis> {
+    return trackConnection((await super.createRedisClient()) as Redis);
+  }
+
+  override registerErrorListener(client: TransportClient): void {
+    client.on('error', (err: Error) => this.connection.error(err, client));
+  }
+
+  override registerReconnectListener(client: TransportClient): void {
+    client.on('reconnecting', () => {
+      if (!this.isManuallyClosed) {
+        this._status$.next('reconnecting' as RedisStatus);
+      }
+    });
+  }
+
+  override registerReadyListener(client: TransportClient): void {
+    client.on('ready', () => {
+      this._status$.next('connected' as RedisStatus);
+      this.wasInitialConnectionSuccessful = true;
+      this.connection.ready(client);
+    });
+  }
+
+  override async close(): Promise<void> {
+    this.isManuallyClosed = true;
+    await closeAll(this.pubClient as Redis | null | undefined, this.subClient as Redis | null | undefined);
+    this.pendingEventListeners = [];
+  }
+}
+
+/**
+ * The transport's client, logging like {@link ControlServer}. While its Redis is unreachable
+ * an event is dropped at once instead of failing: control events are at-most-once by design
+ * (a cancel also leaves a flag key, heartbeats repeat), the outage is already in the log, and
+ * the callers' error handlers would otherwise log each dropped heartbeat (`droppedWhileDown`
+ * counts them).
+ */
+export class ControlClient extends ClientRedis {
+  private readonly connection = ConnectionStateLog.for(CONTROL_ROLE);
+  /** Connections of this client that are between a loss and the next 'ready'. */
+  private readonly down = new Set<TransportClient>();
+  /** Events dropped because Redis was unreachable (for metrics and tests). */
+  droppedWhileDown = 0;
+
+  override async createClient(): Promise<Redis> {
+    return trackConnection((await super.createClient()) as Redis);
+  }
+
+  override emit<TResult = unknown, TInput = unknown>(pattern: unknown, data: TInput): Observable<TResult> {
+    if (this.down.size > 0) {
+      this.droppedWhileDown += 1;
+      return EMPTY;
+    }
+    return super.emit<TResult, TInput>(pattern, data);
+  }
+
+  override registerErrorListener(client: TransportClient): void {
+    client.on('error', (err: Error) => {
+      this.down.add(client);
+      this.connection.error(err, client);
+    });
+  }
+
+  override registerReconnectListener(client: TransportClient): void {
+    // What Nest's listener does, without its log line: later connect() calls fail until 'ready'.
+    client.on('reconnecting', () => {
+      if (this.isManuallyClosed || !this.isCurrent(client)) {
+        return;
+      }
+      this.down.add(client);
+      this.connectionPromise = Promise.reject(new Error('Connection lost. Trying to reconnect...'));
+      this.connectionPromise.catch(() => undefined);
+      this._status$.next('reconnecting' as RedisStatus);
+    });
+  }
+
+  override registerReadyListener(client: TransportClient): void {
+    // Nest's listener, without its "Connected to Redis" line on every reconnect.
+    client.on('ready', () => {
+      if (!this.isCurrent(client)) {
+        return;
+      }
+      this.down.delete(client);
+      this.connection.ready(client);
+      this.connectionPromise = Promise.resolve();
+      this._status$.next('connected' as RedisStatus);
+      if (!this.wasInitialConnectionSuccessful) {
+        this.wasInitialConnectionSuccessful = true;
+        (this.subClient as Redis).on(
+          this.options.returnBuffers ? 'messageBuffer' : 'message',
+          this.createResponseCallback() as (channel: string, message: string) => void,
+        );
+      }
+    });
+  }
+
+  override registerEndListener(client: TransportClient): void {
+    // An ended client is gone (Nest replaces the pair): it no longer holds events back.
+    client.on('end', () => {
+      this.down.delete(client);
+      this.connection.forget(client);
+    });
+    super.registerEndListener(client);
+  }
+
+  override async close(): Promise<void> {
+    this.isManuallyClosed = true;
+    await closeAll(this.pubClient as Redis | null | undefined, this.subClient as Redis | null | undefined);
+    // Nothing left for the base class to QUIT; it resets its state.
+    this.pubClient = this.subClient = null;
+    this.down.clear();
+    await super.close();
+  }
+
+  private isCurrent(client: TransportClient): boolean {
+    return client === this.pubClient || client === this.subClient;
+  }
+}
+
 export function createControlServer(redisUrl: string): ServerRedis {
-  return new ServerRedis(transportOptions(redisUrl));
+  return new ControlServer(transportOptions(redisUrl));
 }
 
 export function createControlClient(redisUrl: string): ClientRedis {
-  return new ClientRedis(transportOptions(redisUrl));
+  return new ControlClient(transportOptions(redisUrl));
 }

@@ -1,6 +1,11 @@
-import { Logger } from '@nestjs/common';
 import Redis, { type RedisOptions } from 'ioredis';
+import { ConnectionStateLog } from './connection-state-log';
 import { reconnectDelay } from './reconnect-delay';
+import { endRedis, redisUsable, sleep, trackConnection } from './shutdown';
+
+// libs/common/src/index.ts exports this file: the rest of the redis module's public surface.
+export * from './connection-state-log';
+export * from './shutdown';
 
 /**
  * How each kind of connection must behave (BullMQ's production guide):
@@ -17,8 +22,6 @@ const ROLE_OPTIONS: Record<RedisRole, RedisOptions> = {
   'bullmq-worker': { enableOfflineQueue: true, maxRetriesPerRequest: null },
 };
 
-const logger = new Logger('Redis');
-
 export function redisOptions(role: RedisRole, name: string): RedisOptions {
   return {
     ...ROLE_OPTIONS[role],
@@ -27,30 +30,30 @@ export function redisOptions(role: RedisRole, name: string): RedisOptions {
   };
 }
 
-export function createRedis(url: string, role: RedisRole, name: string): Redis {
+/**
+ * A client whose outages are logged once per state change through the {@link ConnectionStateLog}
+ * of its role (`logAs`, default: the role), and which the shutdown deadline force-closes.
+ */
+export function createRedis(url: string, role: RedisRole, name: string, logAs: string = role): Redis {
   const client = new Redis(url, redisOptions(role, name));
-  let lastLogged = 0;
-  client.on('error', (err: Error) => {
-    // An outage produces an error per reconnect attempt; one line every 5 s is enough.
-    const now = Date.now();
-    if (now - lastLogged > 5_000) {
-      lastLogged = now;
-      logger.warn(`${name}: ${err.message}`);
-    }
-  });
-  return client;
+  ConnectionStateLog.for(logAs).watch(client);
+  return trackConnection(client);
 }
 
-/** Closes a client without throwing when it is already closed or never connected. */
-export async function closeRedis(client: Redis): Promise<void> {
+/**
+ * Closes a client without throwing, and without waiting for a Redis that cannot answer:
+ * QUIT on a reconnecting client waits in its offline queue until Redis is back, which made
+ * shutdown hang for as long as the outage lasted. A connected client gets QUIT (pending
+ * replies arrive first) for at most `timeoutMs`.
+ */
+export async function closeRedis(client: Redis, timeoutMs = 1_000): Promise<void> {
   if (client.status === 'end') {
     return;
   }
-  try {
-    await client.quit();
-  } catch {
-    client.disconnect();
+  if (redisUsable(client)) {
+    await Promise.race([client.quit().catch(() => undefined), sleep(timeoutMs)]);
   }
+  endRedis(client);
 }
 
 /** Resolves when the client is connected, or after `timeoutMs` (the caller copes with a down Redis). */

@@ -23,3 +23,20 @@ export function parseRedisUrl(url: string): RedisEndpoint {
     ...(u.protocol === 'rediss:' && { tls: {} }),
   };
 }
+
+/**
+ * The passwords in a REDIS_URL (or a comma-separated list of them), for
+ * `redactFromLogs`: whatever a driver or Redis itself puts in an error, they are never logged.
+ */
+export function redisUrlSecrets(urls: string): string[] {
+  return urls
+    .split(',')
+    .map((u) => {
+      try {
+        return parseRedisUrl(u.trim()).password;
+      } catch {
+        return undefined;
+      }
+    })
+    .filter((p): p is string => p !== undefined);
+}
