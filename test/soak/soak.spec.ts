@@ -165,7 +165,9 @@ describe('soak', () => {
   let gateways: string[];
 
   beforeAll(async () => {
-    ({ upstream, stack, key } = await startUpstreamStack('soak', { workers: 2 }));
+    ({ upstream, stack } = await startUpstreamStack('soak', { workers: 2 }));
+    // One token drives every stream: it may have all of them in flight at once.
+    key = await stack.createKey({ max_parallel_requests: CONCURRENCY });
     gateways = [stack.baseUrl, await stack.addGateway()];
   });
 
