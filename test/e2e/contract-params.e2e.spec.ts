@@ -232,7 +232,7 @@ describe('contract: completion request parameters', () => {
     expect(json.usage.completion_tokens).toBe(16);
   });
 
-  it('forwards unknown fields and every OpenAI parameter to the upstream as sent, but not user_id', async () => {
+  it('forwards every OpenAI parameter and the allowed extensions as sent, but not user_id', async () => {
     const mark = probe();
     const sent = {
       prompt: 'one two',
@@ -261,6 +261,23 @@ describe('contract: completion request parameters', () => {
     expect(forwarded?.body).toEqual({ ...sent, model: 'fake-model', stream: false });
     expect(forwarded?.body).not.toHaveProperty('user_id');
     expect(forwarded?.body).not.toHaveProperty('stream_options');
+  });
+
+  it('drops fields that are neither OpenAI parameters nor in the deployment extra_body_allowed', async () => {
+    const mark = probe();
+    const res = await raw(
+      stack,
+      { model: 'up', prompt: 'x', max_tokens: 2, access_token: key, vllm_private: { x: 1 }, top_k: 2, ...mark },
+      { key },
+    );
+    expect(res.status, res.text).toBe(200);
+    const forwarded = upstream.requests.find((r) => r.body.probe === mark.probe);
+    expect(forwarded?.body).toMatchObject({ prompt: 'x', max_tokens: 2, top_k: 2 });
+    expect(forwarded?.body).not.toHaveProperty('access_token');
+    expect(forwarded?.body).not.toHaveProperty('vllm_private');
+    // Nor does the simulator (or any other model without extensions) get them into its job.
+    const sim = await raw(stack, { model: 'echo', prompt: 'x', max_tokens: 2, top_k: 2 }, { key });
+    expect(sim.status, sim.text).toBe(200);
   });
 
   it('forwards a stream with include_usage for accounting, and numeric user_id is accepted and dropped', async () => {
