@@ -166,8 +166,10 @@ describe('soak', () => {
 
   beforeAll(async () => {
     ({ upstream, stack } = await startUpstreamStack('soak', { workers: 2 }));
-    // One token drives every stream: it may have all of them in flight at once.
-    key = await stack.createKey({ max_parallel_requests: CONCURRENCY });
+    // One token drives every stream: it may have all of them in flight at once, with room
+    // for clients that disconnected and started their next stream before the gateway saw
+    // the disconnect (and released the slot).
+    key = await stack.createKey({ max_parallel_requests: 2 * CONCURRENCY });
     gateways = [stack.baseUrl, await stack.addGateway()];
   });
 
