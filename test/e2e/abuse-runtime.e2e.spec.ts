@@ -1,10 +1,8 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createConnection } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProcessHandle } from '../support/stack';
-import { freePort, Stack } from '../support/stack';
-import { waitUntil } from '../support/wait';
+import { PrivateRedis } from '../support/private-redis';
+import { Stack } from '../support/stack';
 
 /**
  * Issue 9, runtime: a Redis outage must neither flood the logs nor keep a process from
@@ -20,69 +18,6 @@ const EXIT_MARGIN_MS = 2_000;
 const OUTAGE_MS = 6_000;
 /** Lines one process may write during the outage: one per connection role, with room to spare. */
 const MAX_OUTAGE_LINES = 6;
-
-/** A redis-server with `requirepass`, on a free port, that the test kills and restarts. */
-class PasswordRedis {
-  private child?: ChildProcess;
-
-  private constructor(readonly port: number) {}
-
-  static async start(): Promise<PasswordRedis> {
-    const redis = new PasswordRedis(await freePort());
-    await redis.launch();
-    return redis;
-  }
-
-  get url(): string {
-    return `redis://:${PASSWORD}@127.0.0.1:${this.port}`;
-  }
-
-  async kill(): Promise<void> {
-    const child = this.child;
-    if (child !== undefined && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGKILL');
-      await exited;
-    }
-  }
-
-  async launch(): Promise<void> {
-    const child = spawn(
-      'redis-server',
-      ['-', '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-      { stdio: ['pipe', 'ignore', 'ignore'] },
-    );
-    // The password goes in through stdin (a config file on "-"), not the command line.
-    child.stdin?.end(`requirepass ${PASSWORD}\n`);
-    this.child = child;
-    const killOnExit = () => child.kill('SIGKILL');
-    process.once('exit', killOnExit);
-    child.once('exit', () => process.off('exit', killOnExit));
-    await waitUntil(`redis-server on port ${this.port}`, () => this.answers(), 10_000, 50);
-  }
-
-  /** AUTH then PING: true when the server answers both. */
-  private answers(): Promise<boolean> {
-    return new Promise((resolve) => {
-      const socket = createConnection({ host: '127.0.0.1', port: this.port });
-      const finish = (ok: boolean) => {
-        clearTimeout(timer);
-        socket.destroy();
-        resolve(ok);
-      };
-      const timer = setTimeout(() => finish(false), 500);
-      let reply = '';
-      socket.once('error', () => finish(false));
-      socket.once('connect', () => socket.write(`AUTH ${PASSWORD}\r\nPING\r\n`));
-      socket.on('data', (d: Buffer) => {
-        reply += d.toString();
-        if (reply.includes('PONG')) {
-          finish(reply.startsWith('+OK'));
-        }
-      });
-    });
-  }
-}
 
 /** The non-empty lines of `text`. */
 const linesOf = (text: string) => text.split('\n').filter((l) => l.trim() !== '');
@@ -120,11 +55,11 @@ async function terminateAll(processes: ProcessHandle[], giveUpMs: number): Promi
 }
 
 describe('runtime: Redis outages, logs and shutdown', () => {
-  let redis: PasswordRedis;
+  let redis: PrivateRedis;
   let stack: Stack;
 
   beforeAll(async () => {
-    redis = await PasswordRedis.start();
+    redis = await PrivateRedis.start({ password: PASSWORD });
     stack = await Stack.start('abuse-runtime', {
       env: {
         REDIS_URL: redis.url,
@@ -139,7 +74,7 @@ describe('runtime: Redis outages, logs and shutdown', () => {
 
   afterAll(async () => {
     await stack?.stop();
-    await redis?.kill();
+    await redis?.stop();
   });
 
   const processes = () => [
@@ -151,11 +86,11 @@ describe('runtime: Redis outages, logs and shutdown', () => {
     'an outage is logged once per state change, as JSON, without the password',
     async () => {
       const before = processes().map((p) => p.handle.output().length);
-      await redis.kill();
+      await redis.stop();
       await new Promise((r) => setTimeout(r, OUTAGE_MS));
       const during = processes().map((p, i) => linesOf(p.handle.output().slice(before[i])));
 
-      await redis.launch();
+      await redis.restart();
       await stack.waitReady(20_000);
       const after = processes().map((p, i) => linesOf(p.handle.output().slice(before[i])));
 
@@ -189,7 +124,7 @@ describe('runtime: Redis outages, logs and shutdown', () => {
   it(
     'SIGTERM after a long outage: the gateway and the worker exit within the grace period',
     async () => {
-      await redis.kill();
+      await redis.stop();
       // Long enough for the reconnect backoff to reach its ceiling and commands to queue up.
       await new Promise((r) => setTimeout(r, 5_000));
       const took = await terminateAll(

@@ -12,16 +12,21 @@ export class PrivateRedis {
   private exited?: Promise<void>;
   private log = '';
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    /** With a password, the server runs with `requirepass` and `url` carries it. */
+    private readonly password?: string,
+  ) {}
 
-  static async start(): Promise<PrivateRedis> {
-    const redis = new PrivateRedis(await freePort());
+  static async start(opts: { password?: string } = {}): Promise<PrivateRedis> {
+    const redis = new PrivateRedis(await freePort(), opts.password);
     await redis.launch();
     return redis;
   }
 
   get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
+    const auth = this.password === undefined ? '' : `:${this.password}@`;
+    return `redis://${auth}127.0.0.1:${this.port}`;
   }
 
   get running(): boolean {
@@ -61,22 +66,25 @@ export class PrivateRedis {
       const timer = setTimeout(() => finish(false), timeoutMs);
       let reply = '';
       socket.once('error', () => finish(false));
-      socket.once('connect', () => socket.write('PING\r\n'));
+      const auth = this.password === undefined ? '' : `AUTH ${this.password}\r\n`;
+      socket.once('connect', () => socket.write(`${auth}PING\r\n`));
       socket.on('data', (d: Buffer) => {
         reply += d.toString();
-        if (reply.includes('\r\n')) {
-          finish(reply.startsWith('+PONG'));
+        if (reply.includes('PONG') || reply.startsWith('-')) {
+          finish(reply.startsWith(auth === '' ? '+PONG' : '+OK'));
         }
       });
     });
   }
 
   private async launch(): Promise<void> {
+    // The config arrives on stdin ("-"), so a password never shows on a command line.
     const child = spawn(
       'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', ''],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+      ['-', '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--logfile', ''],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
     );
+    child.stdin?.end(this.password === undefined ? '' : `requirepass ${this.password}\n`);
     this.child = child;
     child.stdout?.on('data', (d: Buffer) => (this.log = (this.log + d.toString()).slice(-20_000)));
     child.stderr?.on('data', (d: Buffer) => (this.log = (this.log + d.toString()).slice(-20_000)));

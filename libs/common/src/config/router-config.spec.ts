@@ -9,6 +9,44 @@ const entry = (model_name: string, model: string, extra: Record<string, unknown>
 });
 
 describe('buildRouterConfig', () => {
+  it('bounds max_tokens per model (4096 for simulator models) and unions extra_body_allowed', () => {
+    const cfg = buildRouterConfig(
+      {
+        model_list: [
+          entry(
+            'v',
+            'openai/m',
+            { api_base: 'http://a/v1', extra_body_allowed: ['top_k'] },
+            { max_output_tokens: 8192 },
+          ),
+          entry('v', 'openai/m', { api_base: 'http://b/v1', extra_body_allowed: ['guided_json'] }),
+          entry('open', 'openai/m', { api_base: 'http://c/v1' }),
+          entry('sim', 'simulator/lorem'),
+        ],
+      },
+      {},
+    );
+    expect(cfg.resolve('v')?.maxOutputTokens).toBe(8192);
+    expect([...(cfg.resolve('v')?.extraBodyAllowed ?? [])].sort()).toEqual(['guided_json', 'top_k']);
+    expect(cfg.resolve('v')?.deployments[1]?.extraBodyAllowed).toEqual(['guided_json']);
+    expect(cfg.resolve('open')?.maxOutputTokens).toBeUndefined();
+    expect(cfg.resolve('sim')?.maxOutputTokens).toBe(4096);
+    expect(() =>
+      buildRouterConfig(
+        {
+          model_list: [
+            entry('v', 'simulator/lorem', {}, { max_output_tokens: 10 }),
+            entry('v', 'simulator/lorem', {}, { max_output_tokens: 20 }),
+          ],
+        },
+        {},
+      ),
+    ).toThrow(/model_list\[1\] \(v\)\.model_info\.max_output_tokens: conflicts/);
+    expect(() =>
+      buildRouterConfig({ model_list: [entry('v', 'simulator/lorem', { extra_body_allowed: ['a b'] })] }, {}),
+    ).toThrow(/extra_body_allowed/);
+  });
+
   it('groups entries with one model_name into deployments of one model', () => {
     const cfg = buildRouterConfig(
       {

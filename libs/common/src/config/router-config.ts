@@ -148,24 +148,18 @@ export function buildRouterConfig(raw: unknown, env: Record<string, string | und
     const group = grouped.get(e.model_name) ?? { aliases: [], deployments: [] };
     grouped.set(e.model_name, group);
 
-    const multiplier = e.model_info?.request_limit_multiplier;
-    if (multiplier !== undefined) {
-      if (group.multiplier !== undefined && group.multiplier !== multiplier) {
+    // Model-wide values: every deployment that sets one must agree with the others.
+    const modelWide = (key: 'request_limit_multiplier' | 'max_output_tokens', current: number | undefined) => {
+      const value = e.model_info?.[key];
+      if (value !== undefined && current !== undefined && current !== value) {
         throw new ConfigError(
-          `${source}: ${label}.model_info.request_limit_multiplier: conflicts with another deployment of ${e.model_name}`,
+          `${source}: ${label}.model_info.${key}: conflicts with another deployment of ${e.model_name}`,
         );
       }
-      group.multiplier = multiplier;
-    }
-    const maxOut = e.model_info?.max_output_tokens;
-    if (maxOut !== undefined) {
-      if (group.maxOutputTokens !== undefined && group.maxOutputTokens !== maxOut) {
-        throw new ConfigError(
-          `${source}: ${label}.model_info.max_output_tokens: conflicts with another deployment of ${e.model_name}`,
-        );
-      }
-      group.maxOutputTokens = maxOut;
-    }
+      return value ?? current;
+    };
+    group.multiplier = modelWide('request_limit_multiplier', group.multiplier);
+    group.maxOutputTokens = modelWide('max_output_tokens', group.maxOutputTokens);
     for (const alias of e.model_info?.aliases ?? []) {
       const owner = aliasOwner.get(alias);
       if (owner !== undefined && owner !== e.model_name) {
