@@ -26,6 +26,8 @@ function request(params: Record<string, unknown>, signal = new AbortController()
   return { deployment, params, signal, deadline: Date.now() + 120_000 };
 }
 
+const MAX_GAP_MS = 500;
+
 /** Largest gap between ticks of a 2 ms interval while `work` runs: how long the loop was blocked. */
 async function maxBlockMs<T>(work: () => Promise<T>): Promise<{ gap: number; result: T }> {
   let last = performance.now();
@@ -62,8 +64,9 @@ describe('SimulatorBackend: lazy and fair', () => {
     });
     expect(chunks).toBe(128 * 2_048);
     expect(first, 'nothing is planned up front').toBeLessThan(100);
-    // Generous for a shared CI core; one slice is well under a millisecond.
-    expect(gap).toBeLessThan(100);
+    // One slice is well under a millisecond; the bound leaves room for GC pauses and a
+    // CI core shared with other processes (the synchronous simulator blocked for seconds).
+    expect(gap).toBeLessThan(MAX_GAP_MS);
   }, 60_000);
 
   it('builds a huge non-stream answer in slices too', async () => {
@@ -71,7 +74,7 @@ describe('SimulatorBackend: lazy and fair', () => {
     const { gap, result } = await maxBlockMs(() => sim.complete(request({ ...big, logprobs: 1 })));
     expect(result.choices).toHaveLength(128);
     expect(result.usage?.completion_tokens).toBe(128 * 2_048);
-    expect(gap).toBeLessThan(100);
+    expect(gap).toBeLessThan(MAX_GAP_MS);
   }, 60_000);
 
   it.each([true, false])('stops within a slice when cancelled mid-generation (stream: %s)', async (stream) => {
