@@ -24,6 +24,14 @@ export class PrivateRedis {
     return redis;
   }
 
+  /**
+   * A server on a reserved free port that is not running yet: processes pointed at it boot
+   * while Redis is unreachable; `restart()` starts it.
+   */
+  static async reserve(): Promise<PrivateRedis> {
+    return new PrivateRedis(await freePort());
+  }
+
   get url(): string {
     const auth = this.password === undefined ? '' : `:${this.password}@`;
     return `redis://${auth}127.0.0.1:${this.port}`;

@@ -77,6 +77,8 @@ export interface StackOptions {
   workers?: number;
   env?: Record<string, string>;
   workerEnv?: Record<string, string>;
+  /** The Redis of the processes and of the stack's own client (default REDIS_URL), e.g. a PrivateRedis. */
+  redisUrl?: string;
 }
 
 /** A real gateway and real workers as child processes, on a private key prefix. */
@@ -98,10 +100,13 @@ export class Stack {
   ) {
     this.prefix = prefix;
     this.port = port;
-    this.redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+    const redisUrl = opts.redisUrl ?? REDIS_URL;
+    this.redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+    // A private Redis may be down on purpose: its client's errors are expected, not news.
+    this.redis.on('error', () => undefined);
     this.tokens = new TokenStore(this.redis, redisNames(prefix));
     this.env = {
-      REDIS_URL,
+      REDIS_URL: redisUrl,
       AQUEDUCT_REDIS_PREFIX: prefix,
       PORT: String(port),
       HOST: '127.0.0.1',
@@ -122,6 +127,16 @@ export class Stack {
     } catch (err) {
       await stack.stop();
       throw err;
+    }
+    return stack;
+  }
+
+  /** Starts the processes without waiting for /ready: for boot-time faults (Redis down, bad config). */
+  static async launch(label: string, opts: StackOptions = {}): Promise<Stack> {
+    const stack = new Stack(uniquePrefix(label), await freePort(), opts);
+    stack.gateway = launch('gateway', stack.env);
+    for (let i = 0; i < (opts.workers ?? 1); i++) {
+      stack.addWorker();
     }
     return stack;
   }

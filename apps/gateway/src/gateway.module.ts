@@ -7,14 +7,13 @@ import {
   ConfigModule,
   createControlClient,
   createControlServer,
-  createLogger,
   createRedis,
   parseRedisUrl,
   reconnectDelay,
   TokenStore,
 } from '@app/common';
 import { BullModule } from '@nestjs/bullmq';
-import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
+import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import { PassportModule } from '@nestjs/passport';
 import type Redis from 'ioredis';
@@ -27,6 +26,7 @@ import { CompletionsController } from './completions/completions.controller';
 import { CompletionsService } from './completions/completions.service';
 import { ControlService } from './control/control.service';
 import { CONTROL_CLIENT, CONTROL_SERVER } from './control/control.tokens';
+import { GatewayDrain } from './health/gateway-drain';
 import { HealthController } from './health/health.controller';
 import { DashboardModule } from './observability/dashboard.module';
 import { GatewayMetrics } from './observability/gateway-metrics';
@@ -47,7 +47,6 @@ import { WorkerRegistry } from './workers/worker-registry.service';
 
 @Module({
   imports: [
-    ConfigModule,
     DiscoveryModule,
     PassportModule,
     BullModule.forRootAsync({
@@ -72,11 +71,6 @@ import { WorkerRegistry } from './workers/worker-registry.service';
   controllers: [CompletionsController, ModelsController, HealthController, AdminController, MetricsController],
   providers: [
     Clock,
-    {
-      provide: AppLogger,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => new AppLogger(createLogger({ app: 'gateway', level: config.env.LOG_LEVEL })),
-    },
     GatewayMetrics,
     {
       provide: REDIS_COMMAND,
@@ -105,6 +99,7 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     RouteTable,
     AdminGuard,
     ModelCatalog,
+    GatewayDrain,
     RelayService,
     CompletionQueue,
     QueueDepth,
@@ -118,6 +113,11 @@ import { WorkerRegistry } from './workers/worker-registry.service';
   ],
 })
 export class GatewayModule implements OnApplicationShutdown {
+  /** The configuration and logger are made by main.ts before Nest starts (see ConfigModule). */
+  static forRoot(config: AppConfig, logger: AppLogger): DynamicModule {
+    return { module: GatewayModule, imports: [ConfigModule.forRoot(config, logger)] };
+  }
+
   constructor(@Inject(REDIS_COMMAND) private readonly redis: Redis) {}
 
   async onApplicationShutdown(): Promise<void> {

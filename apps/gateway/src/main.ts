@@ -1,12 +1,16 @@
 import 'reflect-metadata';
 import {
   AppConfig,
+  announceRedisWait,
   AppLogger,
   armShutdownDeadline,
   COMPLETIONS_QUEUE,
-  ConfigError,
+  createLogger,
+  loadAppConfig,
   redactFromLogs,
   redisUrlSecrets,
+  reportFatal,
+  routeProcessOutput,
   trackBullmq,
 } from '@app/common';
 import { getQueueToken } from '@nestjs/bullmq';
@@ -15,28 +19,29 @@ import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
 import type { Queue } from 'bullmq';
+import type Redis from 'ioredis';
 import { CONTROL_SERVER } from './control/control.tokens';
 import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
+import { GatewayDrain } from './health/gateway-drain';
 import { GatewayHttpAdapter } from './http/http-server';
 import { apiCors } from './http/api-cors';
 import { jsonBody } from './http/json-body';
 import { requestId } from './http/request-id';
 import { GatewayMetrics } from './observability/gateway-metrics';
 import { httpObserver } from './observability/http-observer';
+import { REDIS_COMMAND } from './redis/redis.tokens';
 import { RefusalCounter } from './usage/refusal-counter';
 
-async function bootstrap(): Promise<void> {
-  // Nest's own lines are held until the JSON logger is installed, so every line is JSON.
-  const app = await NestFactory.create<NestExpressApplication>(GatewayModule, new GatewayHttpAdapter(), {
-    bodyParser: false,
-    bufferLogs: true,
-  });
-  const config = app.get(AppConfig);
-  // Before the held lines are written: no line ever carries the Redis password.
-  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
-  const logger = app.get(AppLogger);
-  app.useLogger(logger);
+async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
+  // Nest logs through the JSON logger from its first line: nothing is buffered, nothing plain.
+  const app = await NestFactory.create<NestExpressApplication>(
+    GatewayModule.forRoot(config, logger),
+    new GatewayHttpAdapter(),
+    // abortOnError: false: a failed init is thrown to the catch below (one JSON line, exit 1)
+    // instead of Nest's process.abort().
+    { bodyParser: false, logger, abortOnError: false },
+  );
   app.disable('x-powered-by');
   // req.ip believes X-Forwarded-For only from the configured proxies.
   app.set('trust proxy', config.env.AQUEDUCT_TRUSTED_PROXIES.length > 0 ? config.env.AQUEDUCT_TRUSTED_PROXIES : false);
@@ -44,6 +49,8 @@ async function bootstrap(): Promise<void> {
   // Before anything that may answer: every response gets its log line and its metrics.
   app.use(httpObserver(logger.pino, app.get(GatewayMetrics), config.router, app.get(RefusalCounter)));
   app.use(apiCors());
+  // During the shutdown drain: new API requests get 503 gateway_shutdown, every response Connection: close.
+  app.use(app.get(GatewayDrain).middleware());
   // Bodies are parsed only where a route takes one, so an unknown route is a 404, not a 415.
   // Not for the dashboard (/admin/queues): Bull Board parses its own requests.
   const adminBodyRoutes = ['/admin/tokens', '/admin/usage'];
@@ -59,14 +66,32 @@ async function bootstrap(): Promise<void> {
   trackBullmq(app.get<Queue>(getQueueToken(COMPLETIONS_QUEUE)));
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) }, { inheritAppConfig: true });
+  // None of these waits for Redis (subscriptions and seeding run in the background): the
+  // gateway listens at once, /health answers, /ready and the API say 503 until Redis answers.
   await app.init();
   await app.startAllMicroservices();
   await app.listen(config.env.PORT, config.env.HOST);
   new Logger('Gateway').log(`listening on http://${config.env.HOST}:${config.env.PORT}`);
+  announceRedisWait(app.get<Redis>(REDIS_COMMAND), config.env.REDIS_URL, 'gateway');
 }
 
-bootstrap().catch((err: unknown) => {
-  // A bad configuration names the key; anything else is a boot failure with its stack.
-  console.error(err instanceof ConfigError ? err.message : err);
-  process.exit(1);
-});
+function main(): void {
+  let config: AppConfig;
+  try {
+    // The gateway calls no upstream: os.environ/NAME api keys are neither read nor kept.
+    config = loadAppConfig({ resolveSecrets: false });
+  } catch (err) {
+    reportFatal(createLogger({ app: 'gateway', level: 'info' }), err);
+    process.exit(1);
+  }
+  // Before any line is written: no line ever carries the Redis password.
+  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
+  const logger = new AppLogger(createLogger({ app: 'gateway', level: config.env.LOG_LEVEL }));
+  routeProcessOutput(logger.pino);
+  bootstrap(config, logger).catch((err: unknown) => {
+    reportFatal(logger.pino, err);
+    process.exit(1);
+  });
+}
+
+main();

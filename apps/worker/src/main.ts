@@ -1,12 +1,16 @@
 import 'reflect-metadata';
 import {
+  announceRedisWait,
   AppConfig,
   AppLogger,
   armShutdownDeadline,
   COMPLETIONS_QUEUE,
-  ConfigError,
+  createLogger,
+  loadAppConfig,
   redactFromLogs,
   redisUrlSecrets,
+  reportFatal,
+  routeProcessOutput,
   trackBullmq,
   watchBullmq,
 } from '@app/common';
@@ -15,7 +19,8 @@ import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { ServerRedis } from '@nestjs/microservices';
 import type { Queue } from 'bullmq';
-import { CONTROL_SERVER } from './tokens';
+import type Redis from 'ioredis';
+import { CONTROL_SERVER, REDIS_PUBLISHER } from './tokens';
 import { WorkerIdentity } from './worker-identity';
 import { WorkerModule } from './worker.module';
 
@@ -24,13 +29,10 @@ import { WorkerModule } from './worker.module';
  * transport, and jobs arrive through the BullMQ processor. Its only HTTP listener is the
  * small metrics/health one on WORKER_METRICS_PORT (see WorkerMetricsServer).
  */
-async function bootstrap(): Promise<void> {
-  // Nest's own lines are held until the JSON logger is installed, so every line is JSON.
-  const app = await NestFactory.create(WorkerModule, { bufferLogs: true });
-  const config = app.get(AppConfig);
-  // Before the held lines are written: no line ever carries the Redis password.
-  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
-  app.useLogger(app.get(AppLogger));
+async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
+  // Nest logs through the JSON logger from its first line; a failed init is thrown to the
+  // catch below (abortOnError: false) instead of Nest's process.abort().
+  const app = await NestFactory.create(WorkerModule.forRoot(config, logger), { logger, abortOnError: false });
   app.enableShutdownHooks();
   // SIGTERM works whatever Redis does: the hooks get the grace period plus a margin, then the
   // connections are force-closed, then the process exits.
@@ -41,12 +43,31 @@ async function bootstrap(): Promise<void> {
   trackBullmq(queue);
   watchBullmq(queue, 'queue');
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) });
+  // Nothing here waits for Redis: the BullMQ worker and the control transport connect in
+  // the background and the worker takes jobs as soon as Redis answers.
   await app.init();
   await app.startAllMicroservices();
   new Logger('Worker').log(`worker ${app.get(WorkerIdentity).id} is taking jobs`);
+  announceRedisWait(app.get<Redis>(REDIS_PUBLISHER), config.env.REDIS_URL, 'worker');
 }
 
-bootstrap().catch((err: unknown) => {
-  console.error(err instanceof ConfigError ? err.message : err);
-  process.exit(1);
-});
+function main(): void {
+  let config: AppConfig;
+  try {
+    // Workers call the upstreams: a missing os.environ/NAME stops them here, naming it.
+    config = loadAppConfig({ resolveSecrets: true });
+  } catch (err) {
+    reportFatal(createLogger({ app: 'worker', level: 'info' }), err);
+    process.exit(1);
+  }
+  // Before any line is written: no line ever carries the Redis password.
+  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
+  const logger = new AppLogger(createLogger({ app: 'worker', level: config.env.LOG_LEVEL }));
+  routeProcessOutput(logger.pino);
+  bootstrap(config, logger).catch((err: unknown) => {
+    reportFatal(logger.pino, err);
+    process.exit(1);
+  });
+}
+
+main();

@@ -7,13 +7,12 @@ import {
   ConfigModule,
   createControlClient,
   createControlServer,
-  createLogger,
   createRedis,
   parseRedisUrl,
   reconnectDelay,
 } from '@app/common';
 import { BullModule } from '@nestjs/bullmq';
-import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
+import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { BackendRegistry } from './backends/backend-registry';
 import { CompletionRunner } from './completions/completion-runner.service';
@@ -29,7 +28,6 @@ import { WorkerIdentity } from './worker-identity';
 
 @Module({
   imports: [
-    ConfigModule,
     BullModule.forRootAsync({
       inject: [AppConfig],
       useFactory: (config: AppConfig) => ({
@@ -50,11 +48,6 @@ import { WorkerIdentity } from './worker-identity';
   providers: [
     Clock,
     WorkerIdentity,
-    {
-      provide: AppLogger,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => new AppLogger(createLogger({ app: 'worker', level: config.env.LOG_LEVEL })),
-    },
     WorkerMetrics,
     WorkerMetricsServer,
     {
@@ -88,6 +81,11 @@ import { WorkerIdentity } from './worker-identity';
   ],
 })
 export class WorkerModule implements OnApplicationShutdown {
+  /** The configuration and logger are made by main.ts before Nest starts (see ConfigModule). */
+  static forRoot(config: AppConfig, logger: AppLogger): DynamicModule {
+    return { module: WorkerModule, imports: [ConfigModule.forRoot(config, logger)] };
+  }
+
   constructor(@Inject(REDIS_PUBLISHER) private readonly redis: Redis) {}
 
   async onApplicationShutdown(): Promise<void> {

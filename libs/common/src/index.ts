@@ -21,3 +21,4 @@ export * from './usage/usage-store';
 export * from './observability';
 export * from './redis/reconnect-delay';
 export * from './contracts/request-limits';
+export * from './usage/usage-estimate';

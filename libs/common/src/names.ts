@@ -44,6 +44,14 @@ export function redisNames(prefix: string) {
      * (BullMQ's remove() cannot tell "removed" from "already gone").
      */
     claim: (rid: string, att: number) => `${prefix}:claim:${rid}.${att}`,
+    /**
+     * Who wrote a request's usage record once a worker had started it: set with NX, in the
+     * same script as the record, by the worker when the job ends, or by the gateway when it
+     * gave up on the worker (lost mid-stream, past the deadline). A worker that was only slow
+     * and finishes later finds it taken and writes nothing: one record per request, also
+     * across attempts.
+     */
+    usageClaim: (rid: string) => `${prefix}:usage:claim:${rid}`,
     /** ZSET worker id → epoch ms of its last heartbeat; lets a fresh gateway see live workers. */
     workers: `${prefix}:workers`,
     /** Control-plane patterns carried by the @nestjs/microservices Redis transport. */

@@ -8,8 +8,13 @@ import {
   type ModelEntry,
   type RelayMessage,
   type RequestMeta,
+  countOutput,
+  estimateCompletionTokens,
+  estimatePromptTokens,
+  type OutputCount,
   type TokenRecord,
   type UsageOutcome,
+  type UsageRecord,
 } from '@app/common';
 import { Injectable } from '@nestjs/common';
 import type { Request, Response } from 'express';
@@ -27,6 +32,25 @@ import { JsonResponder } from './json-responder';
 import { SseResponder } from './sse-responder';
 
 const MAX_BUFFERED_BYTES = 1024 * 1024;
+
+/** What the relay has brought of the current attempt (earlier attempts' messages are dropped). */
+interface Relayed extends OutputCount {
+  deployment: string | null;
+  firstAt: number | null;
+}
+
+function countRelayed(relayed: Relayed, msg: RelayMessage, now: number): void {
+  if (msg.t === 'start') {
+    // A new attempt starts from nothing: its worker's output is all that will be charged.
+    relayed.pieces = 0;
+    relayed.chars = 0;
+    relayed.firstAt = null;
+    relayed.deployment = msg.deployment === '' ? null : msg.deployment;
+  } else if (msg.t === 'chunk' || msg.t === 'part' || msg.t === 'result') {
+    relayed.firstAt ??= now;
+    countOutput(relayed, msg.choices);
+  }
+}
 /** Extra time past the job deadline before the gateway gives up on the worker reporting it. */
 const DEADLINE_GRACE_MS = 2_000;
 
@@ -113,11 +137,26 @@ export class CompletionsService {
       : new JsonResponder(res, responseMeta);
     const deadline = now + this.timeoutMs(model);
 
+    // What reached this gateway so far, for the record of an attempt its worker cannot write.
+    const relayed: Relayed = { pieces: 0, chars: 0, deployment: null, firstAt: null };
+    // A started attempt the gateway gave up on (worker lost, deadline passed) is logged here,
+    // unless its worker already did: the request's usage claim decides.
+    const abandon = (status: number, outcome: UsageOutcome) =>
+      void this.usage.recordAbandoned(
+        this.relayedRecord(rid, meta, token, model.name, request, relayed, status, outcome),
+        deadline,
+      );
     // A job that never reached a worker is logged here; one that did, by its worker.
-    const withdraw = async (att: number, status: number, outcome: UsageOutcome) => {
+    const withdraw = async (att: number, status: number, outcome: UsageOutcome, orAbandon = false) => {
       if (await this.queue.withdraw(rid, att, deadline)) {
-        this.record(rid, meta, token, model.name, status, outcome);
+        this.record(rid, meta, token, model.name, status, outcome, deadline);
+      } else if (orAbandon) {
+        abandon(status, outcome);
       }
+    };
+    const onMessage = (msg: RelayMessage) => {
+      countRelayed(relayed, msg, this.clock.now());
+      responder.onMessage(msg);
     };
 
     const job: CompletionJobData = {
@@ -135,7 +174,7 @@ export class CompletionsService {
     const enqueue = (att: number) =>
       this.queue.enqueue({ ...job, att }).catch((err: unknown) => {
         const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
-        this.record(rid, meta, token, model.name, error.status, 'error');
+        this.record(rid, meta, token, model.name, error.status, 'error', deadline);
         responder.fail(error);
       });
 
@@ -148,10 +187,12 @@ export class CompletionsService {
         void enqueue(session.nextAttempt());
         return true;
       };
-      const session = this.relay.open(rid, (msg: RelayMessage) => responder.onMessage(msg), retryOnce);
+      const session = this.relay.open(rid, onMessage, retryOnce);
+      session.onLost = () => abandon(502, 'error');
       const deadlineTimer = setTimeout(
         () => {
-          void withdraw(session.attempt, 504, 'timeout');
+          // Past the worker's own deadline too: a worker that has not reported is stuck or gone.
+          void withdraw(session.attempt, 504, 'timeout', true);
           cancel('timeout');
           session.fail(504, 'The completion did not finish within its timeout.', 'timeout');
         },
@@ -182,6 +223,15 @@ export class CompletionsService {
     if (this.relay.draining) {
       throw ApiError.server(503, 'The gateway is shutting down. Please retry.', 'gateway_shutdown', 1_000);
     }
+    if (!this.relay.listening) {
+      // Booted without Redis (or it is gone): no worker's reply could reach this gateway.
+      throw ApiError.server(
+        503,
+        'The gateway cannot reach Redis right now. Please retry shortly.',
+        'redis_unavailable',
+        1_000,
+      );
+    }
     if (this.workers.alive().length === 0) {
       throw ApiError.server(
         503,
@@ -201,6 +251,40 @@ export class CompletionsService {
       : Math.max(this.config.env.AQUEDUCT_REQUEST_TIMEOUT_MS, ...own);
   }
 
+  /** The record of a started attempt from what was relayed, its usage estimated like a worker's. */
+  private relayedRecord(
+    rid: string,
+    meta: RequestMeta,
+    token: TokenRecord,
+    model: string,
+    request: ParsedCompletion,
+    relayed: Relayed,
+    status: number,
+    outcome: UsageOutcome,
+  ): UsageRecord {
+    const produced = relayed.chars > 0;
+    return {
+      rid,
+      token_id: token.id,
+      model,
+      deployment: relayed.deployment,
+      route: meta.route,
+      status,
+      outcome,
+      started_at: meta.startedAt,
+      latency_ms: this.clock.now() - meta.startedAt,
+      ttft_ms: relayed.firstAt === null ? null : relayed.firstAt - meta.startedAt,
+      // Without output nothing is charged, as a worker would do.
+      prompt_tokens: produced ? estimatePromptTokens(request.params.prompt) : 0,
+      completion_tokens: estimateCompletionTokens(relayed, request.stream),
+      usage_estimated: produced,
+      user: meta.user,
+      user_id: meta.userId,
+      ip: meta.ip,
+      user_agent: meta.userAgent,
+    };
+  }
+
   private record(
     rid: string,
     meta: RequestMeta,
@@ -208,25 +292,29 @@ export class CompletionsService {
     model: string,
     status: number,
     outcome: UsageOutcome,
+    deadline: number,
   ): void {
-    this.usage.record({
-      rid,
-      token_id: token.id,
-      model,
-      deployment: null,
-      route: meta.route,
-      status,
-      outcome,
-      started_at: meta.startedAt,
-      latency_ms: this.clock.now() - meta.startedAt,
-      ttft_ms: null,
-      prompt_tokens: 0,
-      completion_tokens: 0,
-      usage_estimated: false,
-      user: meta.user,
-      user_id: meta.userId,
-      ip: meta.ip,
-      user_agent: meta.userAgent,
-    });
+    this.usage.record(
+      {
+        rid,
+        token_id: token.id,
+        model,
+        deployment: null,
+        route: meta.route,
+        status,
+        outcome,
+        started_at: meta.startedAt,
+        latency_ms: this.clock.now() - meta.startedAt,
+        ttft_ms: null,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        usage_estimated: false,
+        user: meta.user,
+        user_id: meta.userId,
+        ip: meta.ip,
+        user_agent: meta.userAgent,
+      },
+      deadline,
+    );
   }
 }

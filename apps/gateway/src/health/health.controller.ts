@@ -1,10 +1,12 @@
 import { ApiError, COMPLETIONS_QUEUE } from '@app/common';
 import { InjectQueue } from '@nestjs/bullmq';
-import { type BeforeApplicationShutdown, Controller, Get, Header } from '@nestjs/common';
+import { Controller, Get, Header } from '@nestjs/common';
 import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
 import { Public } from '../auth/public.decorator';
+import { GatewayDrain } from './gateway-drain';
 import { InjectRedis } from '../redis/redis.tokens';
+import { RelayService } from '../relay/relay.service';
 import { WorkerRegistry } from '../workers/worker-registry.service';
 
 /** A probe must answer within its own timeout even when Redis hangs instead of refusing. */
@@ -15,25 +17,22 @@ const REDIS_TIMEOUT_MS = 1_000;
  * without auth, answer JSON and are never cached.
  * - `/health` (liveness): 200 while the process serves HTTP; restarting would not fix
  *   anything it could check, so it checks nothing else.
- * - `/ready` (readiness): 200 when Redis answers on both connections a request needs (the
- *   command one for tokens and limits, the queue producer's) and at least one worker is
+ * - `/ready` (readiness): 200 when Redis answers on the connections a request needs (the
+ *   command one for tokens and limits, the queue producer's, the relay inbox's subscription)
+ *   and at least one worker is
  *   alive; 503 (with Retry-After) otherwise, and from the moment the gateway starts shutting
  *   down, so load balancers stop sending it new requests while in-flight ones finish.
  */
 @Controller()
 @Public()
-export class HealthController implements BeforeApplicationShutdown {
-  private shuttingDown = false;
-
+export class HealthController {
   constructor(
     @InjectRedis() private readonly redis: Redis,
     @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue,
     private readonly workers: WorkerRegistry,
+    private readonly relay: RelayService,
+    private readonly drain: GatewayDrain,
   ) {}
-
-  beforeApplicationShutdown(): void {
-    this.shuttingDown = true;
-  }
 
   @Get('health')
   @Header('cache-control', 'no-store')
@@ -44,14 +43,15 @@ export class HealthController implements BeforeApplicationShutdown {
   @Get('ready')
   @Header('cache-control', 'no-store')
   async ready(): Promise<{ status: 'ready'; workers: number }> {
-    if (this.shuttingDown) {
+    if (this.drain.draining) {
       throw ApiError.server(503, 'The gateway is shutting down.', 'shutting_down', 1_000);
     }
     const [command, queue] = await Promise.all([
       this.answers(this.redis.ping()),
       this.answers(this.queue.getJobCounts('waiting')),
     ]);
-    if (!command || !queue) {
+    // The relay inbox too: a request admitted before it is subscribed would never hear back.
+    if (!command || !queue || !this.relay.listening) {
       throw ApiError.server(503, 'Redis is not reachable.', 'redis_unavailable', 1_000);
     }
     const workers = this.workers.alive().length;

@@ -19,6 +19,11 @@ export class RelaySession {
   hasOutput = false;
   /** Epoch ms at which a terminal message (or a failure) ended the session; -1 while open. */
   closedAt = -1;
+  /**
+   * Called once the gateway failed a started attempt because its worker is lost: that
+   * worker will not write the request's usage record, so the owner of the session does.
+   */
+  onLost?: () => void;
 
   /**
    * @param onWorkerLost called when the worker of a started attempt disappears; returns

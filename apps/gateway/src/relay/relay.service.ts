@@ -11,6 +11,7 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import type Redis from 'ioredis';
+import { GatewayDrain } from '../health/gateway-drain';
 import { InjectRedis } from '../redis/redis.tokens';
 import { WorkerRegistry } from '../workers/worker-registry.service';
 import { AttemptOwnership } from './attempt-ownership';
@@ -22,6 +23,8 @@ import { type RelayListener, RelaySession } from './relay-session';
  * for shutdown to wait on.
  */
 const CLOSED_SESSION_TTL_MS = 60_000;
+/** After the drain, how long connections still busy with other requests delay the server's close. */
+const CLOSE_CONNECTIONS_AFTER_MS = 500;
 
 /**
  * Receives every relay message for this gateway instance on ONE pub/sub inbox channel,
@@ -41,37 +44,56 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   private readonly ownership: AttemptOwnership;
   /** One ownership check at a time: a slow Redis must not stack them up sweep after sweep. */
   private checking = false;
-  /** Set on SIGTERM: new completions are refused while open ones finish. */
-  draining = false;
+  /** True once the inbox subscription is in place: before that no job may name this gateway. */
+  private subscribed = false;
 
   constructor(
     private readonly config: AppConfig,
     private readonly clock: Clock,
     private readonly workers: WorkerRegistry,
     private readonly adapterHost: HttpAdapterHost,
+    private readonly drain: GatewayDrain,
     @InjectRedis() redis: Redis,
   ) {
     this.inbox = config.names.gatewayInbox(this.gatewayId);
     this.ownership = new AttemptOwnership(redis, config.names);
   }
 
-  async onModuleInit(): Promise<void> {
+  /**
+   * Does not wait for Redis: the subscription is made in the background (ioredis queues it
+   * until connected, and re-subscribes by itself after every reconnect), so a gateway
+   * booted without Redis listens at once; until the inbox is subscribed it admits nothing.
+   */
+  onModuleInit(): void {
     const sub = createRedis(this.config.env.REDIS_URL, 'subscriber', `${this.gatewayId}:inbox`);
     this.subscriber = sub;
     sub.on('message', (_channel: string, raw: string) => this.dispatch(raw));
-    await sub.subscribe(this.inbox);
+    sub.subscribe(this.inbox).then(
+      () => (this.subscribed = true),
+      () => undefined, // closed before Redis ever answered: shutting down
+    );
     const idleMs = this.config.env.AQUEDUCT_IDLE_TIMEOUT_MS;
     this.idleTimer = setInterval(() => this.sweepIdle(idleMs), Math.min(1_000, idleMs / 4));
     this.idleTimer.unref();
   }
 
+  /** Set on SIGTERM: new completions are refused while open ones finish. */
+  get draining(): boolean {
+    return this.drain.draining;
+  }
+
+  /** Whether relay messages can reach this gateway now (inbox subscribed, its connection up). */
+  get listening(): boolean {
+    return this.subscribed && this.subscriber?.status === 'ready';
+  }
+
   /**
-   * SIGTERM: stop accepting connections at once, let open requests finish within the
-   * grace period, then fail the rest with a retryable error.
+   * SIGTERM: keep the port open while open requests finish within the grace period (new
+   * ones get 503 from the drain), fail the rest with a retryable error, then let idle
+   * keep-alive connections go so that closing the server does not wait for them.
    */
   async beforeApplicationShutdown(): Promise<void> {
-    this.draining = true;
-    (this.adapterHost.httpAdapter?.getHttpServer() as Server | undefined)?.close();
+    this.drain.begin();
     const until = this.clock.now() + this.config.env.AQUEDUCT_SHUTDOWN_GRACE_MS;
     while (this.sessions.size > 0 && this.clock.now() < until) {
       this.dropStale(this.clock.now());
@@ -81,6 +103,10 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
       s.fail(503, 'The gateway is shutting down. Please retry.', 'gateway_shutdown');
     }
     await new Promise((r) => setTimeout(r, 50)); // let the error frames flush
+    const server = this.adapterHost.httpAdapter?.getHttpServer() as Server | undefined;
+    server?.closeIdleConnections();
+    // Anything still open (a request that is not a completion) may hold the close up only briefly.
+    setTimeout(() => server?.closeAllConnections(), CLOSE_CONNECTIONS_AFTER_MS).unref();
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -180,7 +206,10 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
       return;
     }
     const message = 'The worker stopped responding before the completion finished. Please retry.';
-    s.fail(502, message, 'worker_lost', this.clock.now());
+    if (!s.isClosed) {
+      s.fail(502, message, 'worker_lost', this.clock.now());
+      s.onLost?.();
+    }
   }
 
   /** Drops sessions that ended long ago but were never closed (see CLOSED_SESSION_TTL_MS). */

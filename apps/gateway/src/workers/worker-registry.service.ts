@@ -1,9 +1,12 @@
 import { AppConfig, Clock, whenReady, type WorkerHeartbeat } from '@app/common';
-import { Inject, Injectable, Logger, type OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import type { ServerRedis } from '@nestjs/microservices';
 import type Redis from 'ioredis';
 import { CONTROL_SERVER } from '../control/control.tokens';
 import { InjectRedis } from '../redis/redis.tokens';
+
+/** How often the boot-time seed of live workers is retried while Redis does not answer. */
+const SEED_RETRY_MS = 1_000;
 
 /**
  * Which workers are alive, from their heartbeats on the control transport. Kept in
@@ -11,9 +14,10 @@ import { InjectRedis } from '../redis/redis.tokens';
  * the workers' heartbeat set so a fresh gateway does not think it is alone.
  */
 @Injectable()
-export class WorkerRegistry implements OnModuleInit {
+export class WorkerRegistry implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger(WorkerRegistry.name);
   private readonly lastSeen = new Map<string, { at: number; beat: WorkerHeartbeat }>();
+  private stopped = false;
 
   constructor(
     private readonly config: AppConfig,
@@ -22,7 +26,8 @@ export class WorkerRegistry implements OnModuleInit {
     @InjectRedis() private readonly redis: Redis,
   ) {}
 
-  async onModuleInit(): Promise<void> {
+  /** Does not wait for Redis: the seed runs in the background until it succeeds (or shutdown). */
+  onModuleInit(): void {
     this.server.addHandler(
       this.config.names.control.heartbeat,
       (beat: WorkerHeartbeat) => {
@@ -31,7 +36,11 @@ export class WorkerRegistry implements OnModuleInit {
       },
       true,
     );
-    await this.seedFromRedis();
+    void this.seedFromRedis();
+  }
+
+  onApplicationShutdown(): void {
+    this.stopped = true;
   }
 
   /** Workers heard from within three heartbeat intervals. */
@@ -56,17 +65,35 @@ export class WorkerRegistry implements OnModuleInit {
     this.lastSeen.set(beat.workerId, { at: this.clock.now(), beat });
   }
 
+  /**
+   * Reads the workers' heartbeat set once Redis answers: at boot usually at once, after an
+   * outage at boot as soon as Redis is back (the live heartbeats would find the workers
+   * within a beat anyway; the seed makes /ready right without waiting for one).
+   */
   private async seedFromRedis(): Promise<void> {
-    // The command connection has no offline queue: give it a moment to connect at boot.
-    await whenReady(this.redis, 3_000);
-    try {
-      const horizon = this.clock.now() - 3 * this.config.env.AQUEDUCT_HEARTBEAT_MS;
-      const ids = await this.redis.zrangebyscore(this.config.names.workers, horizon, '+inf');
-      for (const workerId of ids) {
-        this.record({ workerId, active: 0, concurrency: 0, draining: false });
+    for (let attempt = 0; !this.stopped; attempt++) {
+      // The command connection has no offline queue: wait for it rather than fail at once.
+      await whenReady(this.redis, SEED_RETRY_MS);
+      if (this.stopped) {
+        return;
       }
-    } catch (err) {
-      this.logger.warn(`could not read worker heartbeats at boot: ${(err as Error).message}`);
+      try {
+        const horizon = this.clock.now() - 3 * this.config.env.AQUEDUCT_HEARTBEAT_MS;
+        const ids = await this.redis.zrangebyscore(this.config.names.workers, horizon, '+inf');
+        for (const workerId of ids) {
+          if (!this.lastSeen.has(workerId)) {
+            this.record({ workerId, active: 0, concurrency: 0, draining: false });
+          }
+        }
+        return;
+      } catch (err) {
+        if (attempt === 0) {
+          this.logger.warn(
+            `could not read worker heartbeats yet (${(err as Error).message}); retrying until Redis answers`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, SEED_RETRY_MS).unref());
+      }
     }
   }
 }

@@ -4,6 +4,7 @@ import {
   claimTtlMs,
   Clock,
   COMPLETION_JOB_VERSION,
+  countOutput,
   type CompletionJobData,
   type CompletionJobResult,
   type Deployment,
@@ -65,7 +66,7 @@ export class CompletionRunner {
       return { outcome: 'cancelled' }; // the gateway withdrew it and accounted for it
     }
     if (abort === undefined) {
-      await this.usage.record(jobUsageRecord(data, state, { outcome: 'cancelled' }, this.clock.now()));
+      await this.usage.record(jobUsageRecord(data, state, { outcome: 'cancelled' }, this.clock.now()), data.deadline);
       return { outcome: 'cancelled' };
     }
     const stopTimers = this.startTimers(data, abort, out, state);
@@ -80,7 +81,7 @@ export class CompletionRunner {
       this.cancellations.release(data.rid);
     }
     // Accounting is issued before awaiting the last publish, so both share a socket write.
-    const accounted = this.usage.record(jobUsageRecord(data, state, result, this.clock.now()));
+    const accounted = this.usage.record(jobUsageRecord(data, state, result, this.clock.now()), data.deadline);
     await out.flush();
     await accounted;
     return result;
@@ -138,10 +139,7 @@ export class CompletionRunner {
               continue;
             }
             state.firstTokenAt ??= this.clock.now();
-            for (const c of ev.choices) {
-              state.pieces += c.text === '' ? 0 : 1;
-              state.chars += c.text.length;
-            }
+            countOutput(state, ev.choices);
             out.send({ t: 'chunk', choices: ev.choices, system_fingerprint: ev.system_fingerprint });
             // Only a job out-publishing Redis or the per-job rate waits here (see RelayPublisher).
             const wait = out.backpressure();

@@ -68,8 +68,9 @@ describe('CompletionRunner', () => {
     cancellations = new CancellationRegistry(config, {} as ServerRedis);
     backends = new BackendRegistry(15_000);
     usageLog = redisNames(prefix).usageLog;
-    const usage = new WorkerUsage(config, new Clock(), publisher);
-    runner = new CompletionRunner(config, new Clock(), new WorkerIdentity(), cancellations, backends, usage, publisher);
+    const identity = new WorkerIdentity();
+    const usage = new WorkerUsage(config, new Clock(), publisher, identity);
+    runner = new CompletionRunner(config, new Clock(), identity, cancellations, backends, usage, publisher);
   });
 
   afterAll(async () => {

@@ -85,8 +85,14 @@ export class CompletionProcessor extends WorkerHost implements OnApplicationBoot
    * close() has nothing to wait for and can only hang. Never resolves while Redis is up.
    */
   private async idleWithoutRedis(until: { stop: boolean }): Promise<false> {
-    const client = await this.worker.getBackend().client;
-    while (!until.stop && (this.cancellations.activeCount > 0 || redisUsable(client))) {
+    // The client promise settles only once the connection was first set up: a worker that
+    // booted without Redis has none yet, and that counts as "cannot answer".
+    const pending = this.worker.getBackend().client;
+    while (!until.stop) {
+      const client = await Promise.race([pending.catch(() => undefined), sleep(0)]);
+      if (this.cancellations.activeCount === 0 && (client === undefined || !redisUsable(client))) {
+        break;
+      }
       await sleep(100);
     }
     return false;

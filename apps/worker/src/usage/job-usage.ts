@@ -1,25 +1,12 @@
-import type { CompletionJobData, CompletionJobResult, UsageOutcome, UsageRecord } from '@app/common';
+import {
+  type CompletionJobData,
+  type CompletionJobResult,
+  estimateCompletionTokens,
+  estimatePromptTokens,
+  type UsageOutcome,
+  type UsageRecord,
+} from '@app/common';
 import type { JobState } from '../completions/job-state';
-
-/**
- * Token counts when the backend reported none (a stream cut short by a disconnect, an
- * upstream that sends no usage). Token-id prompts are exact; text uses the common
- * ~4 characters per token rule. Records say when their usage was estimated.
- */
-function estimatePromptTokens(prompt: unknown): number {
-  if (typeof prompt === 'string') {
-    return Math.ceil(prompt.length / 4);
-  }
-  if (!Array.isArray(prompt)) {
-    return 0;
-  }
-  return prompt.reduce<number>((sum, p) => {
-    if (typeof p === 'number') {
-      return sum + 1;
-    }
-    return sum + (Array.isArray(p) ? p.length : estimatePromptTokens(p));
-  }, 0);
-}
 
 const OUTCOMES: Record<CompletionJobResult['outcome'], UsageOutcome> = {
   ok: 'ok',
@@ -49,7 +36,7 @@ export function jobUsageRecord(
     ttft_ms: state.firstTokenAt === undefined ? null : state.firstTokenAt - data.meta.startedAt,
     // Without backend usage, a request that produced nothing is charged nothing.
     prompt_tokens: state.usage?.prompt_tokens ?? (state.chars > 0 ? estimatePromptTokens(data.params.prompt) : 0),
-    completion_tokens: state.usage?.completion_tokens ?? (data.stream ? state.pieces : Math.ceil(state.chars / 4)),
+    completion_tokens: state.usage?.completion_tokens ?? estimateCompletionTokens(state, data.stream),
     usage_estimated: state.usage === null && state.chars > 0,
     user: data.meta.user,
     user_id: data.meta.userId,

@@ -1,8 +1,9 @@
-import { AppConfig, Clock, UsageStore, type UsageRecord } from '@app/common';
+import { AppConfig, claimTtlMs, Clock, UsageStore, type UsageRecord } from '@app/common';
 import { Injectable, Logger, Optional } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { WorkerMetrics } from '../observability/worker-metrics';
 import { InjectPublisher } from '../tokens';
+import { WorkerIdentity } from '../worker-identity';
 
 /**
  * Accounts a finished job: the usage record plus the token's rate-limit window, in one
@@ -15,20 +16,35 @@ import { InjectPublisher } from '../tokens';
 export class WorkerUsage {
   private readonly logger = new Logger(WorkerUsage.name);
   private readonly store: UsageStore;
+  private readonly owner: string;
 
   constructor(
     config: AppConfig,
     private readonly clock: Clock,
     @InjectPublisher() redis: Redis,
+    identity: WorkerIdentity,
     @Optional() private readonly metrics?: WorkerMetrics,
   ) {
+    this.owner = identity.id;
     this.store = new UsageStore(redis, config.names, config.env.AQUEDUCT_USAGE_RETENTION_HOURS * 3_600_000);
   }
 
-  async record(r: UsageRecord): Promise<void> {
+  /**
+   * Takes the request's usage claim in the same script: when the gateway already gave up on
+   * this job (it thought the worker lost, or the deadline passed) and wrote the record
+   * itself, this one is dropped, so that the request keeps exactly one.
+   */
+  async record(r: UsageRecord, deadline: number): Promise<void> {
     this.observe(r);
+    const now = this.clock.now();
     try {
-      await this.store.record(r, this.clock.now(), true);
+      const written = await this.store.record(r, now, true, { owner: this.owner, ttlMs: claimTtlMs(deadline, now) });
+      if (!written) {
+        this.logger.warn({
+          msg: `usage of ${r.rid} was already recorded by its gateway; not recorded again`,
+          rid: r.rid,
+        });
+      }
     } catch (err) {
       this.logger.warn(`usage of ${r.rid} not recorded: ${(err as Error).message}`);
     }

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { loadEnv, type Env } from './env';
+import { loadEnv, processEnv, type Env } from './env';
 import { loadRouterConfig, type RouterConfig } from './router-config';
 import { redisNames, type RedisNames } from '../names';
 
@@ -33,9 +33,18 @@ export function defaultRouterConfigPath(): string {
   return join(packageRoot(), 'config', 'router.yaml');
 }
 
+export interface LoadAppConfigOptions {
+  /**
+   * Whether `os.environ/NAME` api keys are read: true in workers (they call the upstreams,
+   * and fail at boot naming a missing variable), false in gateways, which then hold no
+   * upstream secret at all.
+   */
+  resolveSecrets: boolean;
+}
+
 /** Loads everything from the real environment; throws ConfigError naming the bad key. */
-export function loadAppConfig(): AppConfig {
+export function loadAppConfig(opts: LoadAppConfigOptions): AppConfig {
   const env = loadEnv();
   const path = env.AQUEDUCT_CONFIG === undefined ? defaultRouterConfigPath() : resolve(env.AQUEDUCT_CONFIG);
-  return new AppConfig(env, loadRouterConfig(path, process.env));
+  return new AppConfig(env, loadRouterConfig(path, opts.resolveSecrets ? processEnv() : 'unresolved'));
 }

@@ -84,6 +84,17 @@ export type Env = z.infer<typeof envSchema>;
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
+
+  /**
+   * @param keys the environment variables (or router config fields) at fault, so that a
+   *   fatal line can name them in a field of its own; never their values, which may be secrets.
+   */
+  constructor(
+    message: string,
+    readonly keys: readonly string[] = [],
+  ) {
+    super(message);
+  }
 }
 
 /** Parses and validates the environment; throws a {@link ConfigError} naming every bad variable. */
@@ -91,11 +102,13 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
   const result = envSchema.safeParse(source);
   if (!result.success) {
     const lines = result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
-    throw new ConfigError(`Invalid environment:\n${lines.join('\n')}`);
+    const keys = [...new Set(result.error.issues.map((i) => String(i.path[0] ?? '(environment)')))];
+    throw new ConfigError(`Invalid environment:\n${lines.join('\n')}`, keys);
   }
   if (result.data.AQUEDUCT_METRICS_REQUIRE_ADMIN && result.data.AQUEDUCT_ADMIN_KEY === undefined) {
     throw new ConfigError(
       'Invalid environment:\n  AQUEDUCT_METRICS_REQUIRE_ADMIN: needs AQUEDUCT_ADMIN_KEY to be set (in workers too)',
+      ['AQUEDUCT_METRICS_REQUIRE_ADMIN', 'AQUEDUCT_ADMIN_KEY'],
     );
   }
   return result.data;
@@ -103,4 +116,9 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
 
 export function loadEnv(): Env {
   return parseEnv(process.env);
+}
+
+/** The raw environment, for the `os.environ/NAME` references of a worker's router config. */
+export function processEnv(): Record<string, string | undefined> {
+  return process.env;
 }

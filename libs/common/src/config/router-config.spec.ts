@@ -82,6 +82,26 @@ describe('buildRouterConfig', () => {
     expect(() => buildRouterConfig(list, {})).toThrow(/model_list\[0\] \(m\).*UP_KEY is not set/);
   });
 
+  it('keeps no api key when secrets are left unresolved (gateways), and still checks references', () => {
+    const list = (key: string) => ({
+      model_list: [entry('m', 'openai/x', { api_base: 'http://u/v1', api_key: key })],
+    });
+    expect(
+      buildRouterConfig(list('os.environ/UP_KEY'), 'unresolved').resolve('m')?.deployments[0]?.apiKey,
+    ).toBeUndefined();
+    expect(buildRouterConfig(list('sk-literal'), 'unresolved').resolve('m')?.deployments[0]?.apiKey).toBeUndefined();
+    expect(() => buildRouterConfig(list('os.environ/'), 'unresolved')).toThrow(/api_key: 'os.environ\/' is not/);
+    const missing = (() => {
+      try {
+        buildRouterConfig(list('os.environ/UP_KEY'), {});
+      } catch (err) {
+        return err as ConfigError;
+      }
+      return undefined;
+    })();
+    expect(missing?.keys).toEqual(['UP_KEY']);
+  });
+
   it('resolves aliases exactly (case-sensitive) and keeps the multiplier', () => {
     const cfg = buildRouterConfig(
       { model_list: [entry('big', 'simulator/x', {}, { aliases: ['main'], request_limit_multiplier: 2 })] },
@@ -148,5 +168,10 @@ describe('parseEnv', () => {
     expect(() => parseEnv({ PORT: 'abc', WORKER_CONCURRENCY: '0', REDIS_URL: 'http://x' })).toThrow(
       /PORT[\s\S]*REDIS_URL[\s\S]*WORKER_CONCURRENCY/,
     );
+    try {
+      parseEnv({ PORT: 'abc', REDIS_URL: 'http://x' });
+    } catch (err) {
+      expect((err as ConfigError).keys).toEqual(['PORT', 'REDIS_URL']);
+    }
   });
 });

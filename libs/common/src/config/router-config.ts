@@ -107,20 +107,38 @@ function describe(issues: z.core.$ZodIssue[]): string {
   return issues.map((i) => `${i.path.length > 0 ? i.path.join('.') : '(entry)'}: ${i.message}`).join('; ');
 }
 
-function resolveSecret(value: string | undefined, where: string, env: Record<string, string | undefined>) {
+/**
+ * How `os.environ/NAME` references are treated. Workers resolve them (`env`); a gateway
+ * never calls an upstream, so it only checks their syntax and keeps no value: an upstream
+ * secret never has to be given to the internet-facing process.
+ */
+export type SecretSource = Record<string, string | undefined> | 'unresolved';
+
+const ENV_REFERENCE = /^os\.environ\/([A-Za-z_][A-Za-z0-9_]*)$/;
+
+function resolveSecret(value: string | undefined, where: string, env: SecretSource): string | undefined {
   if (value === undefined || !value.startsWith('os.environ/')) {
-    return value;
+    return env === 'unresolved' ? undefined : value;
   }
-  const name = value.slice('os.environ/'.length);
+  const name = ENV_REFERENCE.exec(value)?.[1];
+  if (name === undefined) {
+    throw new ConfigError(`${where}.litellm_params.api_key: '${value}' is not os.environ/<VARIABLE_NAME>`);
+  }
+  if (env === 'unresolved') {
+    return undefined;
+  }
   const resolved = env[name];
   if (resolved === undefined || resolved === '') {
-    throw new ConfigError(`${where}.litellm_params.api_key: environment variable ${name} is not set`);
+    throw new ConfigError(`${where}.litellm_params.api_key: environment variable ${name} is not set`, [name]);
   }
   return resolved;
 }
 
-/** Validates parsed YAML; `env` resolves `os.environ/NAME` references. */
-export function buildRouterConfig(raw: unknown, env: Record<string, string | undefined>, source = 'router config') {
+/**
+ * Validates parsed YAML; `env` resolves `os.environ/NAME` references ('unresolved': the
+ * deployments carry no api key at all, see {@link SecretSource}).
+ */
+export function buildRouterConfig(raw: unknown, env: SecretSource, source = 'router config') {
   const file = fileSchema.safeParse(raw);
   if (!file.success) {
     throw new ConfigError(`${source}: ${describe(file.error.issues)}`);
@@ -207,18 +225,26 @@ export function buildRouterConfig(raw: unknown, env: Record<string, string | und
   );
 }
 
-export function loadRouterConfig(path: string, env: Record<string, string | undefined>): RouterConfig {
+export function loadRouterConfig(path: string, env: SecretSource): RouterConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(`AQUEDUCT_CONFIG: cannot read ${path}: ${(err as Error).message}`);
+    throw new ConfigError(`AQUEDUCT_CONFIG: cannot read ${path}: ${(err as Error).message}`, ['AQUEDUCT_CONFIG']);
   }
   let raw: unknown;
   try {
     raw = parseYaml(text);
   } catch (err) {
-    throw new ConfigError(`${path}: invalid YAML: ${(err as Error).message}`);
+    throw new ConfigError(`AQUEDUCT_CONFIG: ${path}: invalid YAML: ${(err as Error).message}`, ['AQUEDUCT_CONFIG']);
   }
-  return buildRouterConfig(raw, env, path);
+  try {
+    return buildRouterConfig(raw, env, path);
+  } catch (err) {
+    // A bad entry is a fault of the file AQUEDUCT_CONFIG names (and of a variable, when one is missing).
+    if (err instanceof ConfigError) {
+      throw new ConfigError(`AQUEDUCT_CONFIG: ${err.message}`, [...err.keys, 'AQUEDUCT_CONFIG']);
+    }
+    throw err;
+  }
 }

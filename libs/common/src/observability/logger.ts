@@ -174,3 +174,44 @@ export class AppLogger implements LoggerService {
     this.pino[level](fields, text);
   }
 }
+
+/** What {@link reportFatal} needs to know of a configuration error (ConfigError, without importing config). */
+interface NamedKeys {
+  readonly keys?: readonly string[];
+}
+
+/**
+ * Writes the error that stops the process as one JSON line: a configuration error by its
+ * message and the keys at fault (no stack: the message says everything, and never a value),
+ * anything else with its stack inside the line. Lines are scrubbed like every other.
+ */
+export function reportFatal(logger: Logger, err: unknown, what = 'boot failed'): void {
+  const keys = err instanceof Error && err.name === 'ConfigError' ? (err as Error & NamedKeys).keys : undefined;
+  if (keys !== undefined) {
+    logger.fatal({ context: 'Config', keys }, (err as Error).message);
+  } else {
+    logger.fatal({ err }, `${what}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/**
+ * Makes the process's own last-resort output JSON too: an uncaught exception or unhandled
+ * rejection (Node would print plain text and a stack) becomes one fatal line before the
+ * exit, and Node's warnings (deprecations, listener leaks) become warn lines instead of
+ * plain stderr text.
+ */
+export function routeProcessOutput(logger: Logger): void {
+  process.on('uncaughtException', (err) => {
+    reportFatal(logger, err, 'uncaught exception');
+    process.exit(1);
+  });
+  process.on('unhandledRejection', (reason) => {
+    reportFatal(logger, reason, 'unhandled rejection');
+    process.exit(1);
+  });
+  // Node's default printer is a 'warning' listener of its own; it is replaced, not joined.
+  process.removeAllListeners('warning');
+  process.on('warning', (w) =>
+    logger.warn({ context: 'Node', warning: w.name, code: (w as { code?: string }).code }, w.message),
+  );
+}

@@ -1,5 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { scrubSecrets } from '../observability/logger';
+import { parseRedisUrl } from './redis-url';
 
 /** How often a role whose Redis stays unreachable is reported again. */
 export const STILL_UNREACHABLE_EVERY_MS = 30_000;
@@ -187,4 +188,47 @@ export function watchBullmq(target: BullmqEvents, role: string): ConnectionState
   target.on('error', (err: Error) => log.error(err, target));
   target.getBackend().on('ready', () => log.ready(target));
   return log;
+}
+
+/** How long a boot may take to connect to Redis before {@link announceRedisWait} reports a wait. */
+export const WAIT_NOTICE_AFTER_MS = 1_000;
+
+/** What {@link announceRedisWait} needs of an ioredis client. */
+export interface ReadinessEvents {
+  readonly status: string;
+  once(event: 'ready', listener: () => void): unknown;
+}
+
+/**
+ * A process that boots while Redis is unreachable says so, once, in its own words (the
+ * connection roles' {@link ConnectionStateLog} lines repeat it at a bounded rate), and says
+ * again when Redis answers and it is ready to work. Nothing is logged on a normal boot
+ * whose Redis is already connected, nor waited for: the caller never blocks on it.
+ */
+export function announceRedisWait(client: ReadinessEvents, redisUrl: string, what: string): void {
+  const logger = new Logger('Redis');
+  const first = redisUrl.split(',')[0] ?? redisUrl;
+  let at = first;
+  try {
+    const { host, port } = parseRedisUrl(first.trim());
+    at = `${host}:${port}`;
+  } catch {
+    // The URL was validated at boot; keep the raw text (scrubbed by the logger) if not.
+  }
+  // A normal boot's connections are usually still connecting here: only a wait that lasts is news.
+  const timer = setTimeout(() => {
+    if (client.status === 'ready') {
+      return;
+    }
+    const since = Date.now();
+    logger.warn({ msg: `${what} is up, waiting for Redis at ${at}`, redis_state: 'waiting', redis_at: at });
+    client.once('ready', () =>
+      logger.log({
+        msg: `Redis at ${at} answers after ${((Date.now() - since) / 1000).toFixed(1)} s: ${what} is ready`,
+        redis_state: 'connected',
+        redis_at: at,
+      }),
+    );
+  }, WAIT_NOTICE_AFTER_MS);
+  timer.unref();
 }

@@ -20,6 +20,13 @@ async function closeAll(...clients: (Redis | null | undefined)[]): Promise<void>
   await Promise.all(clients.filter((c): c is Redis => c != null).map((c) => closeRedis(c)));
 }
 
+/** Resolves when the client is first ready (never, if it never is: then nothing is waiting on it but a callback). */
+function firstReady(client: Redis): Promise<void> {
+  return client.status === 'ready'
+    ? Promise.resolve()
+    : new Promise((resolve) => client.once('ready', () => resolve()));
+}
+
 /** Both ends of the transport log their four connections as one role. */
 const CONTROL_ROLE = 'control';
 
@@ -41,6 +48,27 @@ export class ControlServer extends ServerRedis {
 
   override registerErrorListener(client: TransportClient): void {
     client.on('error', (err: Error) => this.connection.error(err, client));
+  }
+
+  /**
+   * Nest's start() connects both clients and fails listen() (so the whole boot) when Redis
+   * is unreachable at that moment, and never subscribes afterwards. Here listen() returns at
+   * once and the subscriptions are made when both clients are first ready (ioredis
+   * re-subscribes by itself after later reconnects): a process booted without Redis gets
+   * its control plane as soon as Redis answers.
+   */
+  override start(callback?: () => void): void {
+    const sub = this.subClient as Redis;
+    const pub = this.pubClient as Redis;
+    void Promise.all([firstReady(sub), firstReady(pub)]).then(() => {
+      if (!this.isManuallyClosed) {
+        this.bindEvents(sub, pub);
+      }
+    });
+    // The clients are lazy; a failed first attempt leaves them retrying (retryAttempts above).
+    sub.connect().catch(() => undefined);
+    pub.connect().catch(() => undefined);
+    callback?.();
   }
 
   override registerReconnectListener(client: TransportClient): void {

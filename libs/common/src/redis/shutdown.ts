@@ -79,24 +79,44 @@ export async function forceCloseConnections(): Promise<number> {
   return all.length;
 }
 
+/** A BullMQ RedisConnection: `_client` is its ioredis client, set before the first connect. */
+interface BullmqConnection {
+  _client?: EndableRedis;
+}
+
 /** What a BullMQ Queue or Worker exposes to reach its ioredis clients. */
 interface BullmqConnections {
-  getBackend(): { client: Promise<EndableRedis>; blockingClient?: Promise<EndableRedis> };
+  getBackend(): {
+    client: Promise<EndableRedis>;
+    blockingClient?: Promise<EndableRedis>;
+    /** BullMQ's RedisConnection objects (typed as unknown: `_client` is protected there). */
+    connection?: unknown;
+    blockingConnection?: unknown;
+  };
 }
 
 /**
  * Ends a BullMQ Queue's or Worker's connections without waiting for Redis: its own
- * `disconnect()` awaits an 'end' event that a reconnecting client never emits.
+ * `disconnect()` awaits an 'end' event that a reconnecting client never emits. The client
+ * promises settle only once a connection was first set up, so for a process that booted
+ * without Redis the clients are taken from BullMQ's connection objects directly (internal,
+ * hence only as a fallback): otherwise they would retry, and hold the shutdown, forever.
  */
 export async function endBullmq(target: BullmqConnections, timeoutMs = 200): Promise<void> {
   const backend = target.getBackend();
-  const clients = [backend.client, backend.blockingClient].filter((c) => c !== undefined);
+  const connections = [
+    { pending: backend.client, raw: backend.connection },
+    { pending: backend.blockingClient, raw: backend.blockingConnection },
+  ];
   await Promise.all(
-    clients.map(async (pending) => {
-      // The client promise settles once the connection was first set up; it may never have been.
+    connections.map(async ({ pending, raw }) => {
+      if (pending === undefined) {
+        return;
+      }
       const client = await Promise.race([pending.catch(() => undefined), sleep(timeoutMs)]);
-      if (client !== undefined) {
-        endRedis(client);
+      const target = client ?? (raw as BullmqConnection | undefined)?._client;
+      if (target !== undefined) {
+        endRedis(target);
       }
     }),
   );

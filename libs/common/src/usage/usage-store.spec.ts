@@ -67,3 +67,56 @@ describe('UsageStore near maxmemory', () => {
     await redis.config('SET', 'maxmemory', '0');
   });
 });
+
+/** The usage claim: whichever of worker and gateway writes first, a request keeps one record. */
+describe('UsageStore usage claim', () => {
+  let server: PrivateRedis;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    server = await PrivateRedis.start();
+    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  });
+
+  afterAll(async () => {
+    redis?.disconnect();
+    await server?.stop();
+  });
+
+  const record = (rid: string, outcome: UsageRecord['outcome'], completion: number): UsageRecord => ({
+    rid,
+    token_id: 'tok_1',
+    model: 'sim',
+    deployment: null,
+    route: '/v1/completions',
+    status: outcome === 'ok' ? 200 : 502,
+    outcome,
+    started_at: Date.now(),
+    latency_ms: 1,
+    ttft_ms: null,
+    prompt_tokens: 1,
+    completion_tokens: completion,
+    usage_estimated: true,
+    user: null,
+    user_id: null,
+    ip: null,
+    user_agent: null,
+  });
+
+  it('writes a claimed record once: a second writer of the same request writes nothing, counters included', async () => {
+    const names = redisNames('usage-claim');
+    const store = new UsageStore(redis, names, 3_600_000);
+    const now = Date.now();
+    expect(await store.record(record('r1', 'error', 7), now, true, { owner: 'gateway', ttlMs: 60_000 })).toBe(true);
+    expect(await store.record(record('r1', 'ok', 9), now, true, { owner: 'wk-1', ttlMs: 60_000 })).toBe(false);
+    // Another request is not affected; unclaimed writes (withdrawn jobs) are not either.
+    expect(await store.record(record('r2', 'ok', 3), now, true, { owner: 'wk-1', ttlMs: 60_000 })).toBe(true);
+    expect(await store.record(record('r3', 'ok', 0), now)).toBe(true);
+
+    const log = await redis.xrange(names.usageLog, '-', '+');
+    expect(log.map(([, f]) => (JSON.parse(f[1] ?? '{}') as UsageRecord).rid)).toEqual(['r1', 'r2', 'r3']);
+    expect(await store.totals('token', 'tok_1')).toMatchObject({ requests: 3, completion_tokens: 10 });
+    expect(await redis.get(names.usageClaim('r1'))).toBe('gateway');
+    expect(await redis.pttl(names.usageClaim('r1'))).toBeGreaterThan(50_000);
+  });
+});

@@ -18,12 +18,16 @@ function add(t: UsageTotals, r: UsageRecord): void {
  * noticeably more CPU): first the trim of records past retention, then the record into
  * the log stream, the all-time counters of its
  * token and model, and, when asked, its tokens into the token's rate-limit window.
- * KEYS: log, token counters, model counters, limiter ('' = none).
- * ARGV: minid, record JSON, prompt tokens, completion tokens, error (0/1), second.
+ * KEYS: log, token counters, model counters, limiter ('' = none), usage claim ('' = none).
+ * ARGV: minid, record JSON, prompt tokens, completion tokens, error (0/1), second, claim
+ * owner, claim TTL ms. Returns 0, writing nothing, when the claim was already taken.
  */
 // XTRIM comes first and on its own: XADD is refused when Redis is at maxmemory, XTRIM is
 // not, so old records are still trimmed (and memory freed) when Redis is nearly full.
 const ACCOUNT_LUA = `
+if KEYS[5] ~= '' and not redis.call('SET', KEYS[5], ARGV[7], 'PX', ARGV[8], 'NX') then
+  return 0
+end
 redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
 for k = 2, 3 do
@@ -40,6 +44,12 @@ end
 return 1
 `;
 
+/** Who takes a request's usage claim ({@link RedisNames.usageClaim}), and for how long it is kept. */
+export interface UsageClaim {
+  owner: string;
+  ttlMs: number;
+}
+
 type AccountCommand = (...args: (string | number)[]) => Promise<number>;
 
 /**
@@ -54,27 +64,33 @@ export class UsageStore {
     private readonly names: RedisNames,
     private readonly retentionMs: number,
   ) {
-    redis.defineCommand('aqueductAccount', { numberOfKeys: 4, lua: ACCOUNT_LUA });
+    redis.defineCommand('aqueductAccount', { numberOfKeys: 5, lua: ACCOUNT_LUA });
     this.account = (redis as unknown as { aqueductAccount: AccountCommand }).aqueductAccount.bind(redis);
   }
 
   /**
    * Writes the record and counters; with `countTowardsLimits` its tokens also count in
-   * the token's sliding rate-limit window (see RateLimiter).
+   * the token's sliding rate-limit window (see RateLimiter). With a `claim`, only when the
+   * claim key is still free (it is taken in the same script): false when another writer
+   * already recorded the request.
    */
-  async record(r: UsageRecord, now: number, countTowardsLimits = false): Promise<void> {
-    await this.account(
+  async record(r: UsageRecord, now: number, countTowardsLimits = false, claim?: UsageClaim): Promise<boolean> {
+    const written = await this.account(
       this.names.usageLog,
       this.names.usageByToken(r.token_id),
       this.names.usageByModel(r.model),
       countTowardsLimits ? this.names.limiter(r.token_id) : '',
+      claim === undefined ? '' : this.names.usageClaim(r.rid),
       String(now - this.retentionMs),
       JSON.stringify(r),
       r.prompt_tokens,
       r.completion_tokens,
       r.status >= 400 ? 1 : 0,
       Math.floor(now / 1000),
+      claim?.owner ?? '',
+      Math.max(1, Math.round(claim?.ttlMs ?? 1)),
     );
+    return written === 1;
   }
 
   /** Records since `since` (epoch ms), oldest first, optionally filtered. */
