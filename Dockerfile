@@ -4,8 +4,12 @@
 #   gateway (default): docker run -p 8000:8000 -e REDIS_URL=redis://:PASSWORD@redis:6379 aqueduct
 #   worker:            docker run -e REDIS_URL=redis://:PASSWORD@redis:6379 aqueduct \
 #                        node dist/apps/worker/apps/worker/src/main.js
-# Both run node directly (exec form, no npm or shell in between), so SIGTERM reaches the process
-# that drains; the node flags come from NODE_OPTIONS below, as for any node started in the image.
+# Both run node directly (exec form, no npm or shell in between) as the child of tini, the image's
+# init (PID 1): `docker stop` / `docker compose stop` send SIGTERM to tini, which passes it on to
+# node, the process that drains. The node flags come from NODE_OPTIONS below, as for any node
+# started in the image.
+# The operator CLI: `aqueduct …` (on PATH) or `node bin/aqueduct.js …`, e.g.
+#   docker compose exec gateway aqueduct tokens create --name me
 # Probes (no curl in the image; node's fetch does it, see docker-compose.yml):
 #   gateway: GET :8000/health (liveness), GET :8000/ready (readiness), GET :8000/metrics
 #   worker:  GET :9464/health (liveness), GET :9464/metrics (WORKER_METRICS_PORT)
@@ -25,7 +29,9 @@ ENV CI=true \
     NPM_CONFIG_AUDIT=false
 RUN npm install -g "npm@${NPM_VERSION}" && npm cache clean --force
 WORKDIR /app
+# bin/package.json is the workspace that provides the `aqueduct` bin link (node_modules/.bin).
 COPY package.json package-lock.json ./
+COPY bin/package.json ./bin/
 
 # ---- build: full install, compile TypeScript to dist/ ----
 FROM npm AS build
@@ -40,6 +46,13 @@ RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 
 # ---- runtime ----
 FROM ${NODE_IMAGE} AS runtime
+# tini as PID 1: it forwards SIGTERM and SIGINT to node and reaps zombies (exec'd healthchecks,
+# `docker compose exec`), so the image needs no `docker run --init` or compose `init: true`, and
+# behaves the same under Kubernetes. -s (subreaper) keeps it quiet and correct when something else
+# is PID 1 after all (`docker run --init`).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 # --max-semi-space-size: V8's young generation on Node 24 otherwise grows each process to
 # ~350 MB RSS under load (README, "Memory"); the same flags as `npm run start:*`.
 ENV NODE_ENV=production \
@@ -55,13 +68,12 @@ COPY package.json package-lock.json ./
 COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY config ./config
-# The operator CLI, as `node bin/aqueduct.js` or `aqueduct` on PATH:
-#   docker compose exec gateway aqueduct tokens create --name me
+# The operator CLI, as `node bin/aqueduct.js`, `aqueduct` on PATH, or `npx aqueduct` in /app
+# (node_modules/.bin/aqueduct, the workspace link): all run the built dist/ and never build.
 COPY bin ./bin
 RUN ln -s /app/bin/aqueduct.js /usr/local/bin/aqueduct
 USER node
 # 8000: gateway HTTP (PORT); 9464: worker metrics and health (WORKER_METRICS_PORT).
 EXPOSE 8000 9464
-# node is PID 1's child when run with an init (docker run --init, compose `init: true`), which
-# reaps zombies and passes SIGTERM on; without one, node is PID 1 and still handles SIGTERM.
+ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
 CMD ["node", "dist/apps/gateway/apps/gateway/src/main.js"]

@@ -59,6 +59,48 @@ describe('queue dashboard', () => {
     expect((await get('/admin/queues/api/queues')).status).toBe(401);
   });
 
+  it('serves every asset of its page itself: no fonts, styles or scripts from another host', async () => {
+    const page = await get('/admin/queues', basic(ADMIN_KEY));
+    expect(page.status).toBe(200);
+    // The browser enforces it too, should a later Bull Board link something external.
+    const csp = page.headers.get('content-security-policy') ?? '';
+    expect(csp).toMatch(/default-src 'self'/);
+    expect(csp).not.toMatch(/https?:/);
+    const html = await page.text();
+    const base = new URL(/<base href="([^"]+)"/.exec(html)?.[1] ?? '/admin/queues/', stack.baseUrl);
+    expect(base.origin).toBe(stack.baseUrl);
+    // Every URL the page names in an attribute a browser loads (link, script, img, …).
+    const urls = [...html.matchAll(/\s(?:href|src)\s*=\s*["']?([^"'\s>]+)/gi)].map(
+      (m) => new URL(m[1] as string, base),
+    );
+    expect(urls.length).toBeGreaterThan(3);
+    expect(urls.filter((u) => u.origin !== stack.baseUrl).map(String)).toEqual([]);
+    expect(html).not.toMatch(/(?:https?:)?\/\/fonts\.(?:googleapis|gstatic)\.com/);
+
+    const styles = [...html.matchAll(/<link\b[^>]*>/gi)]
+      .map((m) => m[0])
+      .filter((tag) => /\brel="stylesheet"/i.test(tag))
+      .map((tag) => new URL(/\bhref="([^"]+)"/.exec(tag)?.[1] ?? '', base));
+    const scripts = [...html.matchAll(/<script\b[^>]*\bsrc="([^"]+)"/gi)].map((m) => new URL(m[1] as string, base));
+    expect(styles.length).toBeGreaterThan(0);
+    expect(scripts.length).toBeGreaterThan(0);
+    for (const url of [...styles, ...scripts]) {
+      const res = await get(url.pathname, basic(ADMIN_KEY));
+      expect(res.status, url.pathname).toBe(200);
+      const text = await res.text();
+      if (styles.includes(url)) {
+        // No @import or url() that leaves the gateway (fonts, images).
+        const refs = [...text.matchAll(/(?:@import\s+(?:url\()?|url\()\s*["']?([^"')\s;]+)/g)].map(
+          (m) => m[1] as string,
+        );
+        expect(
+          refs.filter((r) => /^(?:https?:)?\/\//.test(r)),
+          url.pathname,
+        ).toEqual([]);
+      }
+    }
+  });
+
   it('refuses an ordinary API token, as Bearer or as Basic password', async () => {
     for (const auth of [`Bearer ${key}`, basic(key)]) {
       const res = await get('/admin/queues', auth);

@@ -1,12 +1,13 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { ROOT } from '../support/stack';
 
 /**
- * Operations, item 5: the deployment files. `docker-compose config` (Debian's 1.29, or the
+ * Operations, item 5, and issue 10, item 8: the deployment files. `docker-compose config` (Debian's 1.29, or the
  * compose plugin) parses and checks docker-compose.yml; the checks below then read what it
  * resolved. Containers cannot run here, so the file is what is tested, not a live cluster. The
  * compose checks skip where neither command is installed: CI machines have no apt to rely on.
@@ -31,11 +32,36 @@ interface Service {
   stop_grace_period?: string;
   ports?: unknown[];
   container_name?: string;
+  init?: boolean;
+}
+
+/** A published port as compose resolved it (short string or long form): host address and port, container port. */
+function published(port: unknown): { host: string; published: string; target: string } {
+  if (typeof port === 'string') {
+    const parts = port.replace(/\/tcp$/, '').split(':');
+    const target = parts.pop() ?? '';
+    const pub = parts.pop() ?? '';
+    return { host: parts.join(':'), published: pub, target };
+  }
+  const p = port as { host_ip?: string; published?: string | number; target: string | number };
+  return { host: p.host_ip ?? '', published: String(p.published ?? ''), target: String(p.target) };
 }
 
 const compose = composeCommand();
 /** URL-safe, as the compose file asks for. */
 const REDIS_PASSWORD = 'compose-redis-pw-0123456789abcdef';
+
+/** Writes an env file for the compose file to read; returns its path. */
+function envFile(lines: Record<string, string>): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'aqueduct-compose-')), 'role.env');
+  writeFileSync(
+    file,
+    Object.entries(lines)
+      .map(([k, v]) => `${k}=${v}\n`)
+      .join(''),
+  );
+  return file;
+}
 
 function composeConfig(env: Record<string, string>): ReturnType<typeof spawnSync> {
   const [cmd, ...args] = compose as string[];
@@ -48,7 +74,7 @@ function composeConfig(env: Record<string, string>): ReturnType<typeof spawnSync
 
 describe('deployment files', () => {
   it.skipIf(compose === undefined)('docker-compose.yml validates and wires Redis, gateway and workers', () => {
-    const run = composeConfig({ AQUEDUCT_ADMIN_KEY: 'compose-admin-key-0123456789', REDIS_PASSWORD });
+    const run = composeConfig({ REDIS_PASSWORD });
     expect(run.status, String(run.stderr)).toBe(0);
     const { services } = parse(String(run.stdout)) as { services: Record<string, Service> };
     expect(Object.keys(services).sort()).toEqual(['gateway', 'redis', 'worker']);
@@ -62,6 +88,8 @@ describe('deployment files', () => {
     expect(services.redis?.ports).toBeUndefined();
     expect(services.redis?.healthcheck?.test.join(' ')).toContain('redis-cli ping');
     expect(services.redis?.environment?.REDISCLI_AUTH, 'the healthcheck authenticates').toBe(REDIS_PASSWORD);
+    // A pinned release (or digest), not a moving major tag.
+    expect(services.redis?.image).toMatch(/^redis:\d+\.\d+\.\d+(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$/);
 
     for (const name of ['gateway', 'worker']) {
       const s = services[name] as Service;
@@ -69,10 +97,13 @@ describe('deployment files', () => {
       expect(s.healthcheck?.test.join(' '), name).toMatch(/fetch\('http:\/\/127\.0\.0\.1:\d+\/(ready|health)'\)/);
       expect(s.environment?.REDIS_URL, name).toBe(`redis://:${REDIS_PASSWORD}@redis:6379`);
       expect(s.stop_grace_period, name).toBeDefined();
-      // node itself, not npm: SIGTERM must reach the process that drains.
+      // node itself, not npm: SIGTERM must reach the process that drains (through the image's tini).
       expect(s.command?.[0], name).toBe('node');
+      expect(s.init, `${name}: the image brings its own init`).toBeUndefined();
     }
-    expect(services.gateway?.healthcheck?.test.join(' ')).toContain(':8000/ready');
+    // Liveness, not readiness: a gateway without a live worker is not broken (it answers 503).
+    expect(services.gateway?.healthcheck?.test.join(' ')).toContain(':8000/health');
+    expect(services.gateway?.healthcheck?.test.join(' ')).not.toContain('/ready');
     expect(services.worker?.healthcheck?.test.join(' ')).toContain(
       `:${services.worker?.environment?.WORKER_METRICS_PORT}/health`,
     );
@@ -87,6 +118,71 @@ describe('deployment files', () => {
     expect(String(run.stderr)).toContain('set REDIS_PASSWORD');
   });
 
+  it.skipIf(compose === undefined)(
+    'publishes the gateway on loopback unless AQUEDUCT_PUBLIC_PORT says otherwise',
+    () => {
+      const portsOf = (env: Record<string, string>) => {
+        const run = composeConfig({ REDIS_PASSWORD, ...env });
+        expect(run.status, String(run.stderr)).toBe(0);
+        const { services } = parse(String(run.stdout)) as { services: Record<string, Service> };
+        return (services.gateway?.ports ?? []).map(published);
+      };
+      expect(portsOf({})).toEqual([{ host: '127.0.0.1', published: '8000', target: '8000' }]);
+      expect(portsOf({ AQUEDUCT_PUBLIC_PORT: '8080' })).toEqual([{ host: '', published: '8080', target: '8000' }]);
+      expect(portsOf({ AQUEDUCT_PUBLIC_PORT: '0.0.0.0:9000' })).toEqual([
+        { host: '0.0.0.0', published: '9000', target: '8000' },
+      ]);
+    },
+  );
+
+  it.skipIf(compose === undefined)(
+    'gives each role only its own secrets: the admin key to the gateway, upstream keys to the workers',
+    () => {
+      const adminKey = 'compose-admin-key-0123456789';
+      const upstreamKey = 'sk-upstream-0123456789';
+      // By default: the examples, which hold no secret, and nothing from the shell leaks in.
+      const defaults = composeConfig({ REDIS_PASSWORD, AQUEDUCT_ADMIN_KEY: adminKey, VLLM_API_KEY: upstreamKey });
+      expect(defaults.status, String(defaults.stderr)).toBe(0);
+      expect(String(defaults.stdout)).not.toContain(adminKey);
+      expect(String(defaults.stdout)).not.toContain(upstreamKey);
+
+      const run = composeConfig({
+        REDIS_PASSWORD,
+        AQUEDUCT_GATEWAY_ENV_FILE: envFile({ AQUEDUCT_ADMIN_KEY: adminKey }),
+        AQUEDUCT_WORKER_ENV_FILE: envFile({ VLLM_API_KEY: upstreamKey }),
+        AQUEDUCT_TRUSTED_PROXIES: 'uniquelocal',
+      });
+      expect(run.status, String(run.stderr)).toBe(0);
+      const { services } = parse(String(run.stdout)) as { services: Record<string, Service> };
+      const gateway = services.gateway?.environment ?? {};
+      const worker = services.worker?.environment ?? {};
+      expect(gateway.AQUEDUCT_ADMIN_KEY).toBe(adminKey);
+      expect(gateway.VLLM_API_KEY, 'the gateway never gets upstream keys').toBeUndefined();
+      expect(worker.VLLM_API_KEY).toBe(upstreamKey);
+      expect(worker.AQUEDUCT_ADMIN_KEY).toBeUndefined();
+      expect(services.redis?.environment?.AQUEDUCT_ADMIN_KEY).toBeUndefined();
+      expect(gateway.AQUEDUCT_TRUSTED_PROXIES).toBe('uniquelocal');
+      expect(worker.AQUEDUCT_TRUSTED_PROXIES).toBeUndefined();
+    },
+  );
+
+  it('the README documents the compose settings and spells the command one way', () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const composeFile = readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8');
+    const settings = new Set([...composeFile.matchAll(/\$\{([A-Z_]+)/g)].map((m) => m[1] as string));
+    expect(settings.size).toBeGreaterThan(5);
+    for (const name of settings) {
+      expect(readme, name).toContain(`\`${name}\``);
+    }
+    // `docker compose` (the plugin), never the old `docker-compose` command.
+    expect(readme.match(/docker-compose(?!\.yml)/g) ?? []).toEqual([]);
+    // The CLI: `npx aqueduct` in a checkout, `aqueduct` inside the image.
+    expect(readme).toContain('npx aqueduct tokens create');
+    expect(readme).toMatch(/docker compose exec gateway aqueduct tokens/);
+    expect(readme).not.toMatch(/exec gateway (npx|npm)/);
+    expect(composeFile).not.toMatch(/exec gateway (npx|npm)/);
+  });
+
   it('the Dockerfile builds in stages and runs as an unprivileged user', () => {
     const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
     const stages = dockerfile.match(/^FROM .+$/gm) ?? [];
@@ -96,6 +192,9 @@ describe('deployment files', () => {
     expect(runtime).not.toMatch(/^USER root$/m);
     expect(runtime).toMatch(/--from=build/);
     expect(runtime).toMatch(/^EXPOSE .*8000/m);
+    // The CLI is installed as a command, and its bin link is made by the workspace install.
+    expect(runtime).toMatch(/^RUN ln -s \/app\/bin\/aqueduct\.js \/usr\/local\/bin\/aqueduct$/m);
+    expect(dockerfile).toMatch(/^COPY bin\/package\.json \.\/bin\/$/m);
   });
 
   it('the image runs Node 24 LTS, node itself in exec form, with the heap flags', () => {
@@ -109,6 +208,10 @@ describe('deployment files', () => {
     const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
     const cmd = /^CMD (\[.*\])$/m.exec(runtime)?.[1];
     expect(JSON.parse(cmd ?? 'null')).toEqual(['node', 'dist/apps/gateway/apps/gateway/src/main.js']);
+    // tini as PID 1, installed in the image, passing SIGTERM on to node.
+    const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(runtime)?.[1];
+    expect(JSON.parse(entrypoint ?? 'null')).toEqual(['/usr/bin/tini', '-s', '--']);
+    expect(runtime).toMatch(/apt-get install -y --no-install-recommends tini/);
     expect(runtime).toMatch(/NODE_OPTIONS="[^"]*--max-semi-space-size=\d+/);
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
       engines: { node: string };

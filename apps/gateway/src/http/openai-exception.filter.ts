@@ -7,6 +7,8 @@ import { RouteTable } from './route-table';
 /**
  * Every error leaves as an OpenAI error object: ours (ApiError), Nest's (guards,
  * unknown routes) and unexpected ones, which become a 500 that reveals nothing.
+ * A known route answers OPTIONS with 204 and `Allow` (no route handles OPTIONS itself, so it
+ * arrives here as Nest's 404): the methods the 405 of a wrong method lists, OPTIONS included.
  */
 @Catch()
 export class OpenAIExceptionFilter implements ExceptionFilter {
@@ -25,7 +27,22 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
       res.end();
       return;
     }
+    if (req.method === 'OPTIONS' && exception instanceof HttpException && this.isRouteNotFound(exception)) {
+      const allowed = this.knownMethods(req);
+      if (allowed.length > 0) {
+        res.setHeader('allow', allowed.join(', '));
+        res.status(204).end();
+        return;
+      }
+    }
     sendApiError(res, this.toApiError(exception, req, res));
+  }
+
+  /** The methods `req.path` answers; none for an unknown route or a hidden admin API. */
+  private knownMethods(req: Request): string[] {
+    // Without an admin key the admin API does not exist, for any method.
+    const hidden = this.config.env.AQUEDUCT_ADMIN_KEY === undefined && /^\/admin(\/|$)/.test(req.path);
+    return hidden ? [] : this.routes.allowedMethods(req.path);
   }
 
   private toApiError(exception: unknown, req: Request, res: Response): ApiError {
@@ -35,9 +52,7 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
     if (exception instanceof HttpException) {
       const status = exception.getStatus();
       if (status === 404 && this.isRouteNotFound(exception)) {
-        // Without an admin key the admin API does not exist, for any method.
-        const hidden = this.config.env.AQUEDUCT_ADMIN_KEY === undefined && /^\/admin(\/|$)/.test(req.path);
-        const allowed = hidden ? [] : this.routes.allowedMethods(req.path);
+        const allowed = this.knownMethods(req);
         if (allowed.length > 0) {
           res.setHeader('allow', allowed.join(', '));
           return new ApiError(

@@ -42,6 +42,7 @@ export class RouteTable implements OnApplicationBootstrap {
     }
   }
 
+  /** The methods `path` answers: HEAD with GET, and OPTIONS (204 with `Allow`, from the exception filter). */
   allowedMethods(path: string): string[] {
     const methods = new Set(this.routes.filter((r) => r.pattern.test(path)).map((r) => r.method));
     if (methods.has('GET')) {

@@ -1,5 +1,5 @@
 import { AdminCredentials, ApiError, AppConfig, COMPLETIONS_QUEUE } from '@app/common';
-import type { QueueAdapterOptions } from '@bull-board/api/typings/app';
+import type { AppViewRoute, QueueAdapterOptions } from '@bull-board/api/typings/app';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import { BullBoardModule } from '@bull-board/nestjs';
@@ -11,12 +11,48 @@ import { BASIC_CHALLENGE, requireAdmin } from './admin-challenge';
 import { redactJobData } from './job-redaction';
 
 export const DASHBOARD_ROUTE = '/admin/queues';
+const DASHBOARD_CSP =
+  "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:; frame-ancestors 'none'; base-uri 'self'";
 
-/** Bull Board's Express sub-app, without the `X-Powered-By` header the gateway also omits. */
+/**
+ * The dashboard page without the tags that load something from another host: Bull Board's
+ * index.ejs links its fonts from a public CDN, so every operator's browser that opens the
+ * board would call out (and an offline or locked-down network would wait on it). Its CSS
+ * falls back to the system's fonts (`system-ui`, `ui-monospace`); every other asset is served
+ * from the board's own static/ folder. Matches `<link …>` and `<script …></script>` whose
+ * href or src is absolute (`http://`, `https://` or protocol-relative `//`).
+ */
+export function withoutExternalAssets(html: string): string {
+  return html.replace(
+    /<(link|script)\b[^>]*\b(?:href|src)\s*=\s*["']?(?:https?:)?\/\/[^>]*>(?:\s*<\/script>)?[ \t]*\n?/gi,
+    '',
+  );
+}
+
+/** Bull Board's Express sub-app, without `X-Powered-By` (as the gateway) and without external assets. */
 class DashboardServerAdapter extends ExpressAdapter {
   constructor() {
     super();
     (this.getRouter() as { disable: (setting: string) => void }).disable('x-powered-by');
+  }
+
+  /** The page itself, rendered as Bull Board does, then stripped of external assets. */
+  override setEntryRoute(routeDef: AppViewRoute): ExpressAdapter {
+    if (routeDef.method !== 'get') {
+      return super.setEntryRoute(routeDef);
+    }
+    const page: RequestHandler = (_req, res, next) => {
+      const { name, params } = routeDef.handler({ basePath: this.basePath, uiConfig: this.uiConfig });
+      res.render(name, params, (err: Error | null, html?: string) => {
+        if (err !== null || html === undefined) {
+          next(err);
+          return;
+        }
+        res.type('html').send(withoutExternalAssets(html));
+      });
+    };
+    this.app.get(routeDef.route, page);
+    return this;
   }
 }
 
@@ -53,6 +89,10 @@ export function dashboardGuard(config: AppConfig): RequestHandler {
       return;
     }
     res.setHeader('x-frame-options', 'DENY');
+    // The browser itself refuses anything from another host (a font, a script, a request), also
+    // should a later Bull Board add one; inline code and eval stay allowed, as the UI's bundle
+    // may use them, so this restricts where from, not how.
+    res.setHeader('content-security-policy', DASHBOARD_CSP);
     res.setHeader('cache-control', 'no-store');
     res.setHeader('referrer-policy', 'no-referrer');
     next();
