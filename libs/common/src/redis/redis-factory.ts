@@ -1,7 +1,7 @@
 import Redis, { type RedisOptions } from 'ioredis';
 import { ConnectionStateLog } from './connection-state-log';
 import { reconnectDelay } from './reconnect-delay';
-import { endRedis, redisUsable, sleep, trackConnection } from './shutdown';
+import { endRedis, redisUsable, trackConnection } from './shutdown';
 
 // libs/common/src/index.ts exports this file: the rest of the redis module's public surface.
 export * from './connection-state-log';
@@ -51,7 +51,14 @@ export async function closeRedis(client: Redis, timeoutMs = 1_000): Promise<void
     return;
   }
   if (redisUsable(client)) {
-    await Promise.race([client.quit().catch(() => undefined), sleep(timeoutMs)]);
+    let timer: NodeJS.Timeout | undefined;
+    // The fallback timer is cleared once QUIT answers: a closed client must not keep a
+    // finished process (the CLI) alive for the rest of the timeout.
+    await Promise.race([
+      client.quit().catch(() => undefined),
+      new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]);
+    clearTimeout(timer);
   }
   endRedis(client);
 }
