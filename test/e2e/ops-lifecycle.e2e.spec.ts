@@ -345,6 +345,38 @@ describe('ops: one usage record per admitted request, whatever dies', () => {
     expectJsonLines(stack.gateway, 'gateway');
   }, 60_000);
 
+  it('a client that leaves while its worker is already dead: the gateway writes the one record after the idle timeout', async () => {
+    const stack = await Stack.start('ops-usage-both', {
+      routerConfig: slowModel(50),
+      // Two workers: the live one must not be the one that writes (or skips) this record.
+      workers: 2,
+      env: { AQUEDUCT_IDLE_TIMEOUT_MS: '1500', AQUEDUCT_HEARTBEAT_MS: '300' },
+    });
+    stacks.push(stack);
+    const key = await stack.createKey();
+    const plain = openStream(stack.baseUrl, key, { ...longStream(200), user_id: 'plain' });
+    const orphan = openStream(stack.baseUrl, key, { ...longStream(200), user_id: 'orphan' });
+    await waitUntil('some chunks', () => plain.events.length >= 3 && orphan.events.length >= 5);
+    // A plain disconnect: the live worker writes the exact record; the gateway must not add one.
+    plain.abort();
+    await waitUntil('the worker to record the plain one', async () =>
+      (await recordsOf(stack)).some((r) => r.user_id === 'plain'),
+    );
+    // The other request's worker dies, and its client leaves before anyone noticed.
+    await Promise.all(stack.workers.map((w) => w.stop('SIGKILL')));
+    orphan.abort();
+    await waitUntil('both records', async () => (await recordsOf(stack)).length >= 2, 10_000);
+    // Past another idle timeout: still one record per request.
+    await new Promise((r) => setTimeout(r, 3_000));
+    const records = await recordsOf(stack);
+    const byUser = (u: string) => records.filter((r) => r.user_id === u);
+    expect(byUser('plain')).toHaveLength(1);
+    expect(byUser('plain')[0]).toMatchObject({ outcome: 'client_disconnected' });
+    expect(byUser('orphan')).toHaveLength(1);
+    expect(byUser('orphan')[0]).toMatchObject({ status: 499, outcome: 'client_disconnected', usage_estimated: true });
+    expect(byUser('orphan')[0]!.completion_tokens).toBeGreaterThanOrEqual(5);
+  }, 60_000);
+
   it('a gateway-side timeout: one record, also when the stuck worker wakes up and finishes later', async () => {
     const stack = await Stack.start('ops-usage-timeout', {
       routerConfig: slowModel(50),

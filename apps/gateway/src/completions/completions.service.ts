@@ -146,12 +146,20 @@ export class CompletionsService {
         this.relayedRecord(rid, meta, token, model.name, request, relayed, status, outcome),
         deadline,
       );
-    // A job that never reached a worker is logged here; one that did, by its worker.
-    const withdraw = async (att: number, status: number, outcome: UsageOutcome, orAbandon = false) => {
+    // A job that never reached a worker is logged here; one that did, by its worker, unless
+    // that worker is gone: then by the gateway, now (`abandon`) or after the idle timeout
+    // (`later`: the client left, and a live worker writes the exact record once cancelled).
+    const withdraw = async (att: number, status: number, outcome: UsageOutcome, ifStarted: 'abandon' | 'later') => {
       if (await this.queue.withdraw(rid, att, deadline)) {
         this.record(rid, meta, token, model.name, status, outcome, deadline);
-      } else if (orAbandon) {
+      } else if (ifStarted === 'abandon') {
         abandon(status, outcome);
+      } else {
+        this.usage.recordAbandonedLater(
+          this.relayedRecord(rid, meta, token, model.name, request, relayed, status, outcome),
+          deadline,
+          this.config.env.AQUEDUCT_IDLE_TIMEOUT_MS,
+        );
       }
     };
     const onMessage = (msg: RelayMessage) => {
@@ -192,7 +200,7 @@ export class CompletionsService {
       const deadlineTimer = setTimeout(
         () => {
           // Past the worker's own deadline too: a worker that has not reported is stuck or gone.
-          void withdraw(session.attempt, 504, 'timeout', true);
+          void withdraw(session.attempt, 504, 'timeout', 'abandon');
           cancel('timeout');
           session.fail(504, 'The completion did not finish within its timeout.', 'timeout');
         },
@@ -207,7 +215,7 @@ export class CompletionsService {
         this.relay.close(rid);
         admitted.release();
         if (!finished) {
-          void withdraw(session.attempt, 499, 'client_disconnected');
+          void withdraw(session.attempt, 499, 'client_disconnected', 'later');
           cancel('client_disconnected');
         }
         resolve();

@@ -1,5 +1,5 @@
 import { AppConfig, claimTtlMs, Clock, UsageStore, type UsageRecord } from '@app/common';
-import { Injectable, Logger } from '@nestjs/common';
+import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { InjectRedis } from '../redis/redis.tokens';
 
@@ -10,9 +10,16 @@ import { InjectRedis } from '../redis/redis.tokens';
  * worker finishing later does not write a second record.
  */
 @Injectable()
-export class GatewayUsage {
+export class GatewayUsage implements OnModuleInit, OnApplicationShutdown {
   readonly store: UsageStore;
   private readonly logger = new Logger(GatewayUsage.name);
+  /**
+   * Records to write later unless a worker writes its own first, oldest first (they all
+   * wait the same time). One list and one timer for all: a flood of disconnects costs no
+   * timer per request.
+   */
+  private readonly deferred: { at: number; record: UsageRecord; deadline: number }[] = [];
+  private timer?: NodeJS.Timeout;
 
   constructor(
     @InjectRedis() redis: Redis,
@@ -20,6 +27,35 @@ export class GatewayUsage {
     private readonly clock: Clock,
   ) {
     this.store = new UsageStore(redis, config.names, config.env.AQUEDUCT_USAGE_RETENTION_HOURS * 3_600_000);
+  }
+
+  onModuleInit(): void {
+    this.timer = setInterval(() => void this.writeDue(this.clock.now()), 1_000);
+    this.timer.unref();
+  }
+
+  /** Shutting down: nobody will wait any longer, so whatever is deferred is decided now. */
+  onApplicationShutdown(): Promise<void> {
+    clearInterval(this.timer);
+    return this.writeDue(Number.POSITIVE_INFINITY);
+  }
+
+  /**
+   * The record of a started attempt whose client left: its worker, when alive, writes the
+   * real record once it sees the cancel; one that is already dead never will. After
+   * `delayMs` the gateway writes this one, unless the worker did (the usage claim decides).
+   */
+  recordAbandonedLater(r: UsageRecord, deadline: number, delayMs: number): void {
+    this.deferred.push({ at: this.clock.now() + delayMs, record: r, deadline });
+  }
+
+  private async writeDue(now: number): Promise<void> {
+    const due: Promise<boolean>[] = [];
+    while (this.deferred.length > 0 && this.deferred[0]!.at <= now) {
+      const { record, deadline } = this.deferred.shift()!;
+      due.push(this.recordAbandoned(record, deadline));
+    }
+    await Promise.all(due);
   }
 
   /**
