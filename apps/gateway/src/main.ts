@@ -5,12 +5,7 @@ import {
   AppLogger,
   armShutdownDeadline,
   COMPLETIONS_QUEUE,
-  createLogger,
-  loadAppConfig,
-  redactFromLogs,
-  redisUrlSecrets,
-  reportFatal,
-  routeProcessOutput,
+  runProcess,
   trackBullmq,
 } from '@app/common';
 import { getQueueToken } from '@nestjs/bullmq';
@@ -75,23 +70,5 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   announceRedisWait(app.get<Redis>(REDIS_COMMAND), config.env.REDIS_URL, 'gateway');
 }
 
-function main(): void {
-  let config: AppConfig;
-  try {
-    // The gateway calls no upstream: os.environ/NAME api keys are neither read nor kept.
-    config = loadAppConfig({ resolveSecrets: false });
-  } catch (err) {
-    reportFatal(createLogger({ app: 'gateway', level: 'info' }), err);
-    process.exit(1);
-  }
-  // Before any line is written: no line ever carries the Redis password.
-  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
-  const logger = new AppLogger(createLogger({ app: 'gateway', level: config.env.LOG_LEVEL }));
-  routeProcessOutput(logger.pino);
-  bootstrap(config, logger).catch((err: unknown) => {
-    reportFatal(logger.pino, err);
-    process.exit(1);
-  });
-}
-
-main();
+// The gateway calls no upstream: os.environ/NAME api keys are neither read nor kept.
+runProcess('gateway', { resolveSecrets: false }, bootstrap);

@@ -5,12 +5,7 @@ import {
   AppLogger,
   armShutdownDeadline,
   COMPLETIONS_QUEUE,
-  createLogger,
-  loadAppConfig,
-  redactFromLogs,
-  redisUrlSecrets,
-  reportFatal,
-  routeProcessOutput,
+  runProcess,
   trackBullmq,
   watchBullmq,
 } from '@app/common';
@@ -51,23 +46,5 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   announceRedisWait(app.get<Redis>(REDIS_PUBLISHER), config.env.REDIS_URL, 'worker');
 }
 
-function main(): void {
-  let config: AppConfig;
-  try {
-    // Workers call the upstreams: a missing os.environ/NAME stops them here, naming it.
-    config = loadAppConfig({ resolveSecrets: true });
-  } catch (err) {
-    reportFatal(createLogger({ app: 'worker', level: 'info' }), err);
-    process.exit(1);
-  }
-  // Before any line is written: no line ever carries the Redis password.
-  redactFromLogs(...redisUrlSecrets(config.env.REDIS_URL));
-  const logger = new AppLogger(createLogger({ app: 'worker', level: config.env.LOG_LEVEL }));
-  routeProcessOutput(logger.pino);
-  bootstrap(config, logger).catch((err: unknown) => {
-    reportFatal(logger.pino, err);
-    process.exit(1);
-  });
-}
-
-main();
+// Workers call the upstreams: a missing os.environ/NAME stops them here, naming it.
+runProcess('worker', { resolveSecrets: true }, bootstrap);

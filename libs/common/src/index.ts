@@ -22,3 +22,4 @@ export * from './observability';
 export * from './redis/reconnect-delay';
 export * from './contracts/request-limits';
 export * from './usage/usage-estimate';
+export * from './process-entry';
