@@ -59,7 +59,8 @@ describe('UsageStore near maxmemory', () => {
     expect(full).toBe(true);
     const before = await redis.xlen(names.usageLog);
 
-    await store.record(record('after-oom'), Date.now());
+    // As every writer records: taking the request's usage claim in the same script.
+    expect(await store.record(record('after-oom'), Date.now(), true, { owner: 'wk-1', ttlMs: 60_000 })).toBe(true);
 
     expect(await redis.xlen(names.usageLog)).toBeLessThan(before / 10);
     const [last] = await redis.xrevrange(names.usageLog, '+', '-', 'COUNT', 1);

@@ -22,13 +22,14 @@ function add(t: UsageTotals, r: UsageRecord): void {
  * ARGV: minid, record JSON, prompt tokens, completion tokens, error (0/1), second, claim
  * owner, claim TTL ms. Returns 0, writing nothing, when the claim was already taken.
  */
-// XTRIM comes first and on its own: XADD is refused when Redis is at maxmemory, XTRIM is
-// not, so old records are still trimmed (and memory freed) when Redis is nearly full.
+// XTRIM comes first, before the claim's SET too: SET and XADD are refused when Redis is
+// at maxmemory, XTRIM is not, so old records are still trimmed (and memory freed) when
+// Redis is nearly full; once it trimmed, the script may write the rest.
 const ACCOUNT_LUA = `
+redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
 if KEYS[5] ~= '' and not redis.call('SET', KEYS[5], ARGV[7], 'PX', ARGV[8], 'NX') then
   return 0
 end
-redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
 redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
 for k = 2, 3 do
   redis.call('HINCRBY', KEYS[k], 'requests', 1)
