@@ -39,6 +39,9 @@ interface Relayed extends OutputCount {
   firstAt: number | null;
 }
 
+/** A request no worker ran (withdrawn, or never enqueued): its record charges nothing. */
+const NOTHING_RELAYED: Readonly<Relayed> = { pieces: 0, chars: 0, deployment: null, firstAt: null };
+
 function countRelayed(relayed: Relayed, msg: RelayMessage, now: number): void {
   if (msg.t === 'start') {
     // A new attempt starts from nothing: its worker's output is all that will be charged.
@@ -139,24 +142,23 @@ export class CompletionsService {
 
     // What reached this gateway so far, for the record of an attempt its worker cannot write.
     const relayed: Relayed = { pieces: 0, chars: 0, deployment: null, firstAt: null };
+    const recordOf = (counted: Readonly<Relayed>, status: number, outcome: UsageOutcome) =>
+      this.usageRecord(rid, meta, token, model.name, request, counted, status, outcome);
     // A started attempt the gateway gave up on (worker lost, deadline passed) is logged here,
     // unless its worker already did: the request's usage claim decides.
     const abandon = (status: number, outcome: UsageOutcome) =>
-      void this.usage.recordAbandoned(
-        this.relayedRecord(rid, meta, token, model.name, request, relayed, status, outcome),
-        deadline,
-      );
+      void this.usage.recordAbandoned(recordOf(relayed, status, outcome), deadline);
     // A job that never reached a worker is logged here; one that did, by its worker, unless
     // that worker is gone: then by the gateway, now (`abandon`) or after the idle timeout
     // (`later`: the client left, and a live worker writes the exact record once cancelled).
     const withdraw = async (att: number, status: number, outcome: UsageOutcome, ifStarted: 'abandon' | 'later') => {
       if (await this.queue.withdraw(rid, att, deadline)) {
-        this.record(rid, meta, token, model.name, status, outcome, deadline);
+        this.usage.record(recordOf(NOTHING_RELAYED, status, outcome), deadline);
       } else if (ifStarted === 'abandon') {
         abandon(status, outcome);
       } else {
         this.usage.recordAbandonedLater(
-          this.relayedRecord(rid, meta, token, model.name, request, relayed, status, outcome),
+          recordOf(relayed, status, outcome),
           deadline,
           this.config.env.AQUEDUCT_IDLE_TIMEOUT_MS,
         );
@@ -182,7 +184,7 @@ export class CompletionsService {
     const enqueue = (att: number) =>
       this.queue.enqueue({ ...job, att }).catch((err: unknown) => {
         const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
-        this.record(rid, meta, token, model.name, error.status, 'error', deadline);
+        this.usage.record(recordOf(NOTHING_RELAYED, error.status, 'error'), deadline);
         responder.fail(error);
       });
 
@@ -259,14 +261,17 @@ export class CompletionsService {
       : Math.max(this.config.env.AQUEDUCT_REQUEST_TIMEOUT_MS, ...own);
   }
 
-  /** The record of a started attempt from what was relayed, its usage estimated like a worker's. */
-  private relayedRecord(
+  /**
+   * The one place the gateway builds a usage record: from what was relayed (nothing, for a
+   * request no worker ran), its usage estimated as a worker's would be.
+   */
+  private usageRecord(
     rid: string,
     meta: RequestMeta,
     token: TokenRecord,
     model: string,
     request: ParsedCompletion,
-    relayed: Relayed,
+    relayed: Readonly<Relayed>,
     status: number,
     outcome: UsageOutcome,
   ): UsageRecord {
@@ -291,38 +296,5 @@ export class CompletionsService {
       ip: meta.ip,
       user_agent: meta.userAgent,
     };
-  }
-
-  private record(
-    rid: string,
-    meta: RequestMeta,
-    token: TokenRecord,
-    model: string,
-    status: number,
-    outcome: UsageOutcome,
-    deadline: number,
-  ): void {
-    this.usage.record(
-      {
-        rid,
-        token_id: token.id,
-        model,
-        deployment: null,
-        route: meta.route,
-        status,
-        outcome,
-        started_at: meta.startedAt,
-        latency_ms: this.clock.now() - meta.startedAt,
-        ttft_ms: null,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        usage_estimated: false,
-        user: meta.user,
-        user_id: meta.userId,
-        ip: meta.ip,
-        user_agent: meta.userAgent,
-      },
-      deadline,
-    );
   }
 }
