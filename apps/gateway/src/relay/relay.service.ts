@@ -159,14 +159,9 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     const alive = new Set(this.workers.alive().map((w) => w.workerId));
     const beatMs = this.config.env.AQUEDUCT_HEARTBEAT_MS;
     const suspects: RelaySession[] = [];
-    for (const [rid, s] of this.sessions) {
-      if (s.isClosed) {
-        if (now - s.closedAt > CLOSED_SESSION_TTL_MS) {
-          this.sessions.delete(rid); // ended long ago but never closed (see CLOSED_SESSION_TTL_MS)
-        }
-        continue;
-      }
-      if (!s.started) {
+    this.dropStale(now);
+    for (const s of this.sessions.values()) {
+      if (s.isClosed || !s.started) {
         continue;
       }
       const silent = now - s.lastActivity;
