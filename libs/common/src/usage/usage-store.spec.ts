@@ -1,12 +1,12 @@
 import Redis from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PrivateRedis } from '../../../../test/support/private-redis';
 import { redisNames } from '../names';
 import type { UsageRecord } from './usage-record';
 import { UsageStore } from './usage-store';
 
-/** Trimming must still work when Redis is full (maxmemory + noeviction): a private server. */
-describe('UsageStore near maxmemory', () => {
+/** On a private server: the first test fills it up to maxmemory. */
+describe('UsageStore', () => {
   let server: PrivateRedis;
   let redis: Redis;
 
@@ -15,31 +15,36 @@ describe('UsageStore near maxmemory', () => {
     redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
   });
 
+  afterEach(async () => {
+    await redis.config('SET', 'maxmemory', '0');
+  });
+
   afterAll(async () => {
     redis?.disconnect();
     await server?.stop();
   });
 
-  const record = (rid: string): UsageRecord => ({
+  const record = (rid: string, outcome: UsageRecord['outcome'] = 'ok', completion = 1): UsageRecord => ({
     rid,
     token_id: 'tok_1',
     model: 'sim',
     deployment: null,
     route: '/v1/completions',
-    status: 200,
-    outcome: 'ok',
+    status: outcome === 'ok' ? 200 : 502,
+    outcome,
     started_at: Date.now(),
     latency_ms: 1,
     ttft_ms: null,
     prompt_tokens: 1,
-    completion_tokens: 1,
-    usage_estimated: false,
+    completion_tokens: completion,
+    usage_estimated: true,
     user: null,
     user_id: null,
     ip: null,
     user_agent: null,
   });
 
+  // Trimming must still work when Redis is full (maxmemory + noeviction).
   it('trims records past retention even when Redis refuses writes for lack of memory', async () => {
     const names = redisNames('usage-oom');
     const store = new UsageStore(redis, names, 3_600_000);
@@ -65,45 +70,8 @@ describe('UsageStore near maxmemory', () => {
     expect(await redis.xlen(names.usageLog)).toBeLessThan(before / 10);
     const [last] = await redis.xrevrange(names.usageLog, '+', '-', 'COUNT', 1);
     expect(last?.[1][1]).toContain('after-oom');
-    await redis.config('SET', 'maxmemory', '0');
   });
-});
-
-/** The usage claim: whichever of worker and gateway writes first, a request keeps one record. */
-describe('UsageStore usage claim', () => {
-  let server: PrivateRedis;
-  let redis: Redis;
-
-  beforeAll(async () => {
-    server = await PrivateRedis.start();
-    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
-  });
-
-  afterAll(async () => {
-    redis?.disconnect();
-    await server?.stop();
-  });
-
-  const record = (rid: string, outcome: UsageRecord['outcome'], completion: number): UsageRecord => ({
-    rid,
-    token_id: 'tok_1',
-    model: 'sim',
-    deployment: null,
-    route: '/v1/completions',
-    status: outcome === 'ok' ? 200 : 502,
-    outcome,
-    started_at: Date.now(),
-    latency_ms: 1,
-    ttft_ms: null,
-    prompt_tokens: 1,
-    completion_tokens: completion,
-    usage_estimated: true,
-    user: null,
-    user_id: null,
-    ip: null,
-    user_agent: null,
-  });
-
+  // The usage claim: whichever of worker and gateway writes first, a request keeps one record.
   it('writes a claimed record once: a second writer of the same request writes nothing, counters included', async () => {
     const names = redisNames('usage-claim');
     const store = new UsageStore(redis, names, 3_600_000);
