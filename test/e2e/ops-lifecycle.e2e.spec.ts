@@ -91,6 +91,19 @@ function rawHttp(url: string, method = 'GET', body?: unknown, key?: string): Pro
   });
 }
 
+/** Until the gateway answers `/health` (it listens whether or not Redis is there). */
+async function listening(stack: Stack, timeoutMs = 10_000): Promise<void> {
+  await waitUntil(
+    'the gateway to listen',
+    () =>
+      rawHttp(`${stack.baseUrl}/health`).then(
+        (r) => r.status === 200,
+        () => false,
+      ),
+    timeoutMs,
+  );
+}
+
 /** A long stream from the simulator: `tokens` chunks, `itlMs` apart. */
 const slowModel = (itlMs: number) => writeModelList(simulatorDeployment('slow', 'lorem', { itl_ms: itlMs }));
 const longStream = (tokens: number) => ({
@@ -112,15 +125,7 @@ describe('ops: boot without Redis', () => {
     const worker = stack.workers[0]!;
 
     // Listening at once, live, not ready.
-    await waitUntil(
-      'the gateway to listen',
-      () =>
-        rawHttp(`${stack.baseUrl}/health`).then(
-          (r) => r.status === 200,
-          () => false,
-        ),
-      10_000,
-    );
+    await listening(stack);
     const ready = await rawHttp(`${stack.baseUrl}/ready`);
     expect(ready.status).toBe(503);
     expect(ready.headers['retry-after']).toBeDefined();
@@ -175,15 +180,7 @@ describe('ops: boot without Redis', () => {
       stacks.push(stack);
       servers.push(redis);
       const worker = stack.workers[0]!;
-      await waitUntil(
-        'the gateway to listen',
-        () =>
-          rawHttp(`${stack.baseUrl}/health`).then(
-            (r) => r.status === 200,
-            () => false,
-          ),
-        10_000,
-      );
+      await listening(stack);
       await new Promise((r) => setTimeout(r, 1_000)); // well into the wait, past the first reconnects
       stack.gateway.child.kill(signal);
       worker.child.kill(signal);
@@ -208,15 +205,7 @@ describe('ops: configuration and secrets', () => {
     );
     const stack = await Stack.launch('ops-secrets', { routerConfig: config, workers: 0 });
     stacks.push(stack);
-    await waitUntil(
-      'the gateway to listen',
-      () =>
-        rawHttp(`${stack.baseUrl}/health`).then(
-          (r) => r.status === 200,
-          () => false,
-        ),
-      15_000,
-    );
+    await listening(stack, 15_000);
 
     const worker = stack.addWorker();
     const { code } = await exitOf(worker);
