@@ -233,7 +233,12 @@ describe('abuse: the gateway', () => {
         () => closed.size === sockets.length,
         20_000,
         200,
-      );
+      ).catch((err: Error) => {
+        const open = (list: Socket[]) => list.filter((s) => !closed.has(s)).length;
+        throw new Error(
+          `${err.message}: ${open(sockets.slice(0, 600))} idle and ${open(tricklers)} trickling still open`,
+        );
+      });
     } finally {
       clearInterval(trickle);
       sockets.forEach((s) => s.destroy());
