@@ -25,6 +25,13 @@ export const HTTP_LIMITS = {
   /** How often Node checks the two timeouts above (its default, 30 s, lets them overrun). */
   checkIntervalMs: 1_000,
   maxHeadersCount: 100,
+  /**
+   * Connections the kernel may hold completed but not yet accepted (Node's default is 511;
+   * the kernel caps it at net.core.somaxconn). A burst of connects past it while the event
+   * loop is busy is not refused: the kernel drops the handshake's last ACK and the client
+   * retransmits for seconds, so the burst arrives late instead of at once.
+   */
+  listenBacklog: 4_096,
 } as const;
 
 /** Nest's Express adapter, with the HTTP server created with the limits above. */
@@ -46,6 +53,15 @@ export class GatewayHttpAdapter extends ExpressAdapter {
     server.maxHeadersCount = HTTP_LIMITS.maxHeadersCount;
     closeSilentConnections(server, HTTP_LIMITS.headersTimeoutMs);
     this.setHttpServer(server);
+  }
+
+  override listen(port: string | number, hostOrCallback?: string | (() => void), callback?: () => void): Server {
+    const host = typeof hostOrCallback === 'string' ? hostOrCallback : undefined;
+    const done = typeof hostOrCallback === 'function' ? hostOrCallback : callback;
+    return (this.getHttpServer() as Server).listen(
+      { port: Number(port), host, backlog: HTTP_LIMITS.listenBacklog },
+      done,
+    );
   }
 }
 
