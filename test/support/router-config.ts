@@ -11,7 +11,12 @@ import { writeRouterConfig } from './stack';
 export interface Deployment {
   model_name: string;
   litellm_params: Record<string, string | number | string[]>;
-  model_info?: { aliases?: string[]; request_limit_multiplier?: number; max_output_tokens?: number };
+  model_info?: {
+    aliases?: string[];
+    request_limit_multiplier?: number;
+    max_output_tokens?: number;
+    mode?: 'completion' | 'chat' | 'embedding';
+  };
 }
 
 /**

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import type { OperationName } from '../contracts/openai';
 import { ConfigError } from './env';
 
 /**
@@ -32,6 +33,8 @@ const modelInfoSchema = z
     request_limit_multiplier: z.number().positive().optional(),
     /** Largest `max_tokens` a request may ask for (default 4096 for simulator models). */
     max_output_tokens: z.number().int().positive().optional(),
+    /** Which operations the model serves, as in LiteLLM; unset = completions and chat. */
+    mode: z.enum(['completion', 'chat', 'embedding']).optional(),
   })
   .loose();
 
@@ -71,7 +74,14 @@ export interface ModelEntry {
   readonly maxOutputTokens?: number;
   /** Union of the deployments' `extra_body_allowed`: what the gateway lets into a job. */
   readonly extraBodyAllowed: ReadonlySet<string>;
+  /** `model_info.mode`, or undefined for a model that serves completions and chat. */
+  readonly mode?: OperationName;
   readonly deployments: readonly Deployment[];
+}
+
+/** Whether a model serves an operation: its `mode` alone, or completions and chat without one. */
+export function modelServes(model: ModelEntry, op: OperationName): boolean {
+  return model.mode === undefined ? op !== 'embedding' : model.mode === op;
 }
 
 /** Simulator models without `max_output_tokens` get this bound. */
@@ -145,7 +155,7 @@ export function buildRouterConfig(raw: unknown, env: SecretSource, source = 'rou
   }
   const grouped = new Map<
     string,
-    { aliases: string[]; multiplier?: number; maxOutputTokens?: number; deployments: Deployment[] }
+    { aliases: string[]; multiplier?: number; maxOutputTokens?: number; mode?: OperationName; deployments: Deployment[] }
   >();
   const aliasOwner = new Map<string, string>();
 
@@ -167,8 +177,8 @@ export function buildRouterConfig(raw: unknown, env: SecretSource, source = 'rou
     grouped.set(e.model_name, group);
 
     // Model-wide values: every deployment that sets one must agree with the others.
-    const modelWide = (key: 'request_limit_multiplier' | 'max_output_tokens', current: number | undefined) => {
-      const value = e.model_info?.[key];
+    const modelWide = <T>(key: 'request_limit_multiplier' | 'max_output_tokens' | 'mode', current: T | undefined) => {
+      const value = e.model_info?.[key] as T | undefined;
       if (value !== undefined && current !== undefined && current !== value) {
         throw new ConfigError(
           `${source}: ${label}.model_info.${key}: conflicts with another deployment of ${e.model_name}`,
@@ -178,6 +188,7 @@ export function buildRouterConfig(raw: unknown, env: SecretSource, source = 'rou
     };
     group.multiplier = modelWide('request_limit_multiplier', group.multiplier);
     group.maxOutputTokens = modelWide('max_output_tokens', group.maxOutputTokens);
+    group.mode = modelWide('mode', group.mode);
     for (const alias of e.model_info?.aliases ?? []) {
       const owner = aliasOwner.get(alias);
       if (owner !== undefined && owner !== e.model_name) {
@@ -220,6 +231,7 @@ export function buildRouterConfig(raw: unknown, env: SecretSource, source = 'rou
         g.maxOutputTokens ??
         (g.deployments.every((d) => d.provider === 'simulator') ? SIMULATOR_MAX_OUTPUT_TOKENS : undefined),
       extraBodyAllowed: new Set(g.deployments.flatMap((d) => d.extraBodyAllowed)),
+      mode: g.mode,
       deployments: g.deployments,
     })),
   );

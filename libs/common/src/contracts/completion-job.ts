@@ -3,13 +3,17 @@
  * step: a worker refuses (with a clear error) a version it does not know.
  */
 import type { RequestMeta } from '../usage/usage-record';
+import type { OperationName } from './openai';
 
-export const COMPLETION_JOB_VERSION = 1 as const;
+/** 2: jobs name their operation (`op`), and non-stream results travel as `output`/raw parts. */
+export const COMPLETION_JOB_VERSION = 2 as const;
 
 export interface CompletionJobData {
   v: typeof COMPLETION_JOB_VERSION;
-  /** Request id; also the OpenAI response id (`cmpl-<rid>`). */
+  /** Request id; also the OpenAI response id (`cmpl-<rid>`, `chatcmpl-<rid>`). */
   rid: string;
+  /** Which OpenAI operation: decides the upstream route, the parameters and the output shape. */
+  op: OperationName;
   /** Attempt number; a pre-first-token re-enqueue increments it, stale attempts are dropped. */
   att: number;
   /** Pub/sub channel of the gateway instance that holds the client connection. */
@@ -18,7 +22,7 @@ export interface CompletionJobData {
   model: string;
   stream: boolean;
   /**
-   * The client's OpenAI parameters to forward, plus the extensions some deployment of the
+   * The client's OpenAI parameters of `op` to forward, plus the extensions some deployment of the
    * model allows (`extra_body_allowed`), minus the fields the gateway owns (`model`,
    * `stream`, `stream_options`, `user_id`). Workers filter again per deployment.
    */

@@ -1,4 +1,4 @@
-import type { ChoiceDelta, OpenAIErrorBody, Usage } from './openai';
+import type { OpenAIErrorBody, ResultItem, StreamChoice, Usage } from './openai';
 
 /**
  * Messages a worker publishes to the inbox of the gateway that owns the request.
@@ -18,9 +18,10 @@ export interface StartMessage extends Envelope {
   deployment: string;
 }
 
+/** One stream chunk's choices, already in the wire shape of the operation (text or chat deltas). */
 export interface ChunkMessage extends Envelope {
   t: 'chunk';
-  choices: ChoiceDelta[];
+  choices: StreamChoice[];
   system_fingerprint?: string;
 }
 
@@ -35,22 +36,23 @@ export interface DoneMessage extends Envelope {
 }
 
 /**
- * A slice of a non-stream completion too large for one message (see
- * {@link RELAY_PART_MAX_BYTES}): pieces of choices' text and logprobs, to be appended per
- * `index` in arrival order. Zero or more parts precede the `result`, which then carries
- * what is left (every choice, with its finish_reason). A pub/sub message is delivered whole
- * into the subscriber's output buffer, so one 40 MB result would overflow Redis's pub/sub
- * buffer limit and drop the gateway's inbox connection, failing every request on it.
+ * A slice of the JSON text of a non-stream result's output array (`choices` or `data`) too
+ * large for one message (see {@link RELAY_PART_MAX_BYTES}). The gateway writes the slices
+ * to the client as they are, in order, without parsing them: the `result` that follows
+ * carries no `output` then, only usage. A pub/sub message is delivered whole into the
+ * subscriber's output buffer, so one 40 MB result would overflow Redis's pub/sub buffer
+ * limit and drop the gateway's inbox connection, failing every request on it.
  */
 export interface PartMessage extends Envelope {
   t: 'part';
-  choices: ChoiceDelta[];
+  raw: string;
 }
 
-/** The whole non-stream completion, or its last piece after `part` messages. */
+/** The whole non-stream result, or only its usage after `part` messages carried the output. */
 export interface ResultMessage extends Envelope {
   t: 'result';
-  choices: ChoiceDelta[];
+  /** `choices` (completion, chat) or `data` (embeddings); absent when parts carried it. */
+  output?: ResultItem[];
   usage: Usage | null;
   system_fingerprint?: string;
 }
