@@ -7,10 +7,15 @@ import { Pool } from 'undici';
  * and the gateway, so the only difference between the two measurements is the gateway itself.
  */
 
+/** Which OpenAI operation a target speaks: it decides where the answer's text is. */
+export type Operation = 'completion' | 'chat';
+
 /** What to send; the origin belongs to the Pool. */
 export interface Target {
   /** e.g. `/v1/completions`. */
   path: string;
+  /** `completion` (the default): text in `choices[].text`; `chat`: in `message.content` / `delta.content`. */
+  op?: Operation;
   headers: Record<string, string>;
   /** Request body fields; `model` differs between direct and gateway, the rest is identical. */
   body: Record<string, unknown>;
@@ -94,6 +99,16 @@ async function closedLoop(concurrency: number, durationMs: number, one: () => Pr
   return performance.now() - start;
 }
 
+/** The text of a non-stream choice (`text`, or a chat `message.content`). */
+function choiceText(op: Operation, choice: { text?: unknown; message?: { content?: unknown } } | undefined): unknown {
+  return op === 'chat' ? choice?.message?.content : choice?.text;
+}
+
+/** The text of a stream chunk's choice (`text`, or a chat `delta.content`; a role-only delta has none). */
+function deltaText(op: Operation, choice: { text?: unknown; delta?: { content?: unknown } }): unknown {
+  return op === 'chat' ? choice.delta?.content : choice.text;
+}
+
 function requestOptions(target: Target, extra: Record<string, unknown>) {
   return {
     path: target.path,
@@ -103,7 +118,7 @@ function requestOptions(target: Target, extra: Record<string, unknown>) {
   };
 }
 
-/** Non-stream completions; a request counts as ok only when it is a 200 with choice text. */
+/** Non-stream completions (or chat completions); a request counts as ok only when it is a 200 with choice text. */
 export async function runNonStream(
   pool: Pool,
   target: Target,
@@ -113,6 +128,7 @@ export async function runNonStream(
   const latencies: number[] = [];
   const failures = new Map<number, Failure & { count: number }>();
   let requests = 0;
+  const op = target.op ?? 'completion';
   const opts = requestOptions(target, { stream: false });
   const elapsedMs = await closedLoop(concurrency, durationMs, async () => {
     const t0 = performance.now();
@@ -125,8 +141,8 @@ export async function runNonStream(
         recordFailure(failures, res.statusCode, text);
         return;
       }
-      const parsed = JSON.parse(text) as { choices?: { text?: unknown }[] };
-      const first = parsed.choices?.[0]?.text;
+      const parsed = JSON.parse(text) as { choices?: { text?: unknown; message?: { content?: unknown } }[] };
+      const first = choiceText(op, parsed.choices?.[0]);
       if (typeof first !== 'string' || first === '') {
         recordFailure(failures, 200, `no choice text: ${text}`);
         return;
@@ -147,9 +163,10 @@ export async function runNonStream(
 }
 
 /**
- * Streamed completions. TTFT is request start → the first `data:` frame whose choices carry
- * non-empty text (a role-only or empty frame would flatter the gateway). Every frame is parsed
- * on both sides, so the client's own cost is the same for direct and gateway.
+ * Streamed completions (or chat completions). TTFT is request start → the first `data:` frame
+ * whose choices carry non-empty text (a role-only or empty frame would flatter the gateway).
+ * Every frame is parsed on both sides, so the client's own cost is the same for direct and
+ * gateway.
  */
 export async function runStream(
   pool: Pool,
@@ -162,6 +179,7 @@ export async function runStream(
   const failures = new Map<number, Failure & { count: number }>();
   let streams = 0;
   let tokens = 0;
+  const op = target.op ?? 'completion';
   const opts = requestOptions(target, { stream: true });
   const elapsedMs = await closedLoop(concurrency, durationMs, async () => {
     const t0 = performance.now();
@@ -191,11 +209,19 @@ export async function runStream(
             done = true;
             continue;
           }
-          const chunk = JSON.parse(data) as { choices?: { text?: unknown }[]; error?: unknown };
+          const chunk = JSON.parse(data) as {
+            choices?: { text?: unknown; delta?: { content?: unknown } }[];
+            error?: unknown;
+          };
           if (chunk.error !== undefined) {
             throw new Error(`error frame: ${data}`);
           }
-          if (chunk.choices?.some((c) => typeof c.text === 'string' && c.text !== '') === true) {
+          if (
+            chunk.choices?.some((c) => {
+              const t = deltaText(op, c);
+              return typeof t === 'string' && t !== '';
+            }) === true
+          ) {
             ttft ??= performance.now() - t0;
             textFrames += 1;
           }

@@ -8,6 +8,7 @@ import {
   createPool,
   type Failure,
   type NonStreamResult,
+  type Operation,
   runNonStream,
   runStream,
   type StreamResult,
@@ -30,13 +31,17 @@ function intEnv(name: string, def: number, min: number, max: number): number {
   return Math.min(max, Math.max(min, n));
 }
 
-// Clamped so that the whole run (4 measured phases + warm-ups + relay test) stays under 2 minutes.
+// Clamped so that the completion scenarios (4 measured phases + warm-ups + relay test) stay
+// under 2 minutes; the chat scenario (BENCH_CHAT=0 skips it) adds 4 phases and warm-ups more.
 const DURATION_MS = intEnv('BENCH_DURATION_MS', 8_000, 500, 15_000);
 const CONCURRENCY = intEnv('BENCH_CONCURRENCY', 16, 1, 256);
 const WARMUP_MS = intEnv('BENCH_WARMUP_MS', 1_000, 0, 5_000);
 const RELAY_MESSAGES = intEnv('BENCH_RELAY_MESSAGES', 50_000, 1_000, 200_000);
+const CHAT = intEnv('BENCH_CHAT', 1, 0, 1) === 1;
+/** What the chat scenario adds to the run: its 4 phases and warm-ups, plus slack. */
+const CHAT_BUDGET_MS = CHAT ? 4 * DURATION_MS + 3 * WARMUP_MS + 10_000 : 0;
 /** Hard stop for everything, cleanup included (Stack.stop itself may take up to 10 s). */
-const WATCHDOG_MS = 110_000;
+const WATCHDOG_MS = 110_000 + CHAT_BUDGET_MS;
 
 const NON_STREAM_PROMPT = 'measure the gateway overhead with a short prompt';
 /** 19 words: the fake upstream answers " echo:" + one token per word = 20 tokens. */
@@ -130,67 +135,65 @@ function failureLines(label: string, failures: Map<number, Failure & { count: nu
   );
 }
 
-function report(
-  ns: PhasePair<NonStreamResult>,
-  st: PhasePair<StreamResult>,
-  cpu: CpuReport,
-  relay: RelayBenchResult | undefined,
-  relayError: string | undefined,
-): void {
+/** One scenario's figures, direct vs gateway; `label` prefixes every metric name ('' for completions). */
+function scenarioRows(label: string, ns: PhasePair<NonStreamResult>, st: PhasePair<StreamResult>): string[][] {
   const c = CONCURRENCY;
-  const rows = [
+  return [
     ['metric', 'direct', 'gateway', 'ratio'],
     [
-      `non-stream req/s (c=${c})`,
+      `${label}non-stream req/s (c=${c})`,
       ns.direct.rps.toFixed(0),
       ns.gateway.rps.toFixed(0),
       ratio(ns.direct.rps, ns.gateway.rps, 'direct/gateway'),
     ],
     [
-      'non-stream latency p50 ms',
+      `${label}non-stream latency p50 ms`,
       ms(ns.direct.latencyMs.p50),
       ms(ns.gateway.latencyMs.p50),
       ratio(ns.gateway.latencyMs.p50, ns.direct.latencyMs.p50, 'gateway/direct'),
     ],
     [
-      'non-stream latency p99 ms',
+      `${label}non-stream latency p99 ms`,
       ms(ns.direct.latencyMs.p99),
       ms(ns.gateway.latencyMs.p99),
       ratio(ns.gateway.latencyMs.p99, ns.direct.latencyMs.p99, 'gateway/direct'),
     ],
-    ['non-stream ok / sent', `${ns.direct.ok}/${ns.direct.requests}`, `${ns.gateway.ok}/${ns.gateway.requests}`, ''],
     [
-      `stream TTFT p50 ms (c=${c})`,
+      `${label}non-stream ok / sent`,
+      `${ns.direct.ok}/${ns.direct.requests}`,
+      `${ns.gateway.ok}/${ns.gateway.requests}`,
+      '',
+    ],
+    [
+      `${label}stream TTFT p50 ms (c=${c})`,
       ms(st.direct.ttftMs.p50),
       ms(st.gateway.ttftMs.p50),
       ratio(st.gateway.ttftMs.p50, st.direct.ttftMs.p50, 'gateway/direct'),
     ],
     [
-      'stream TTFT p99 ms',
+      `${label}stream TTFT p99 ms`,
       ms(st.direct.ttftMs.p99),
       ms(st.gateway.ttftMs.p99),
       ratio(st.gateway.ttftMs.p99, st.direct.ttftMs.p99, 'gateway/direct'),
     ],
     [
-      'stream total p50 ms',
+      `${label}stream total p50 ms`,
       ms(st.direct.totalMs.p50),
       ms(st.gateway.totalMs.p50),
       ratio(st.gateway.totalMs.p50, st.direct.totalMs.p50, 'gateway/direct'),
     ],
-    ['stream text frames/stream', st.direct.tokensPerStream.toFixed(1), st.gateway.tokensPerStream.toFixed(1), ''],
-    ['streams ok / sent', `${st.direct.ok}/${st.direct.streams}`, `${st.gateway.ok}/${st.gateway.streams}`, ''],
+    [
+      `${label}stream text frames/stream`,
+      st.direct.tokensPerStream.toFixed(1),
+      st.gateway.tokensPerStream.toFixed(1),
+      '',
+    ],
+    [`${label}streams ok / sent`, `${st.direct.ok}/${st.direct.streams}`, `${st.gateway.ok}/${st.gateway.streams}`, ''],
   ];
-  console.log(
-    `\nGateway vs direct upstream: ${DURATION_MS} ms per phase, concurrency ${c}, ${STREAM_ITL_MS} ms between stream tokens`,
-  );
-  console.log(table(rows));
-  console.log(
-    `\nadded TTFT p50: ${ms(st.gateway.ttftMs.p50 - st.direct.ttftMs.p50)} ms` +
-      `   added TTFT p99: ${ms(st.gateway.ttftMs.p99 - st.direct.ttftMs.p99)} ms` +
-      `   added non-stream latency p50: ${ms(ns.gateway.latencyMs.p50 - ns.direct.latencyMs.p50)} ms`,
-  );
+}
 
-  const cpuRows = [
+function cpuRows(cpu: CpuReport): string[][] {
+  return [
     ['component', 'CPU ms (gateway phase)', 'ms/request', 'CPU ms (direct phase: background)', 'net ms/request'],
     ...cpu.components.map((x) => [
       x.name,
@@ -201,20 +204,75 @@ function report(
     ]),
     ['total gateway+worker+redis', '', ms(cpu.totalMsPerRequest), '', ms(cpu.totalNetMsPerRequest)],
   ];
+}
+
+/** The figures of one scenario: its non-stream and stream phases, both ways, and CPU per non-stream request. */
+interface Scenario {
+  ns: PhasePair<NonStreamResult>;
+  st: PhasePair<StreamResult>;
+  cpu: CpuReport;
+}
+
+function report(
+  completion: Scenario,
+  chat: Scenario | undefined,
+  relay: RelayBenchResult | undefined,
+  relayError: string | undefined,
+): void {
+  const { ns, st, cpu } = completion;
+  const c = CONCURRENCY;
+  const rows = scenarioRows('', ns, st);
+  console.log(
+    `\nGateway vs direct upstream: ${DURATION_MS} ms per phase, concurrency ${c}, ${STREAM_ITL_MS} ms between stream tokens`,
+  );
+  console.log(table(rows));
+  console.log(
+    `\nadded TTFT p50: ${ms(st.gateway.ttftMs.p50 - st.direct.ttftMs.p50)} ms` +
+      `   added TTFT p99: ${ms(st.gateway.ttftMs.p99 - st.direct.ttftMs.p99)} ms` +
+      `   added non-stream latency p50: ${ms(ns.gateway.latencyMs.p50 - ns.direct.latencyMs.p50)} ms`,
+  );
+
   console.log(
     `\nCPU per non-stream request through the gateway (${cpu.requests} requests; redis is shared, so net = minus the direct-phase background)`,
   );
-  console.log(table(cpuRows));
+  console.log(table(cpuRows(cpu)));
   console.log(
     `bench process (client + fake upstream, same work both ways): ${ms(cpu.bench.directMsPerRequest)} ms/request direct, ` +
       `${ms(cpu.bench.gatewayMsPerRequest)} ms/request via gateway`,
   );
+
+  if (chat !== undefined) {
+    console.log(
+      `\nChat completions (/v1/chat/completions), gateway vs direct upstream: ${DURATION_MS} ms per phase, concurrency ${c}, ` +
+        `${STREAM_ITL_MS} ms between stream tokens`,
+    );
+    console.log(table(scenarioRows('chat ', chat.ns, chat.st)));
+    console.log(
+      `\nchat added TTFT p50: ${ms(chat.st.gateway.ttftMs.p50 - chat.st.direct.ttftMs.p50)} ms` +
+        `   added TTFT p99: ${ms(chat.st.gateway.ttftMs.p99 - chat.st.direct.ttftMs.p99)} ms` +
+        `   added non-stream latency p50: ${ms(chat.ns.gateway.latencyMs.p50 - chat.ns.direct.latencyMs.p50)} ms`,
+    );
+    console.log(`\nCPU per non-stream chat request through the gateway (${chat.cpu.requests} requests)`);
+    console.log(table(cpuRows(chat.cpu)));
+    console.log(
+      `bench process: ${ms(chat.cpu.bench.directMsPerRequest)} ms/request direct, ` +
+        `${ms(chat.cpu.bench.gatewayMsPerRequest)} ms/request via gateway`,
+    );
+  }
 
   const failures = [
     ...failureLines('direct non-stream', ns.direct.failures),
     ...failureLines('gateway non-stream', ns.gateway.failures),
     ...failureLines('direct stream', st.direct.failures),
     ...failureLines('gateway stream', st.gateway.failures),
+    ...(chat === undefined
+      ? []
+      : [
+          ...failureLines('direct chat non-stream', chat.ns.direct.failures),
+          ...failureLines('gateway chat non-stream', chat.ns.gateway.failures),
+          ...failureLines('direct chat stream', chat.st.direct.failures),
+          ...failureLines('gateway chat stream', chat.st.gateway.failures),
+        ]),
   ];
   if (failures.length > 0) {
     console.log('\nFAILURES:');
@@ -264,16 +322,20 @@ model_list:
   cleanup.add('http pools', () => Promise.allSettled([directPool.close(), gatewayPool.close()]));
 
   // Identical bodies except the model name: the worker rewrites `bench` to `fake-model`.
-  const targets = (extra: Record<string, unknown>): PhasePair<Target> => ({
-    direct: { path: '/v1/completions', headers: {}, body: { model: 'fake-model', ...extra } },
-    gateway: {
-      path: '/v1/completions',
-      headers: { authorization: `Bearer ${key}` },
-      body: { model: 'bench', ...extra },
-    },
-  });
+  const targets = (extra: Record<string, unknown>, path = '/v1/completions', op: Operation = 'completion') => {
+    const pair: PhasePair<Target> = {
+      direct: { path, op, headers: {}, body: { model: 'fake-model', ...extra } },
+      gateway: { path, op, headers: { authorization: `Bearer ${key}` }, body: { model: 'bench', ...extra } },
+    };
+    return pair;
+  };
   const nsTargets = targets({ prompt: NON_STREAM_PROMPT, max_tokens: 16 });
   const stTargets = targets({ prompt: STREAM_PROMPT, max_tokens: 20, fake_itl_ms: STREAM_ITL_MS });
+  // The same words as the completion scenarios, as the one user message of a chat.
+  const chatTargets = (prompt: string, extra: Record<string, unknown>) =>
+    targets({ messages: [{ role: 'user', content: prompt }], ...extra }, '/v1/chat/completions', 'chat');
+  const chatNsTargets = chatTargets(NON_STREAM_PROMPT, { max_tokens: 16 });
+  const chatStTargets = chatTargets(STREAM_PROMPT, { max_tokens: 20, fake_itl_ms: STREAM_ITL_MS });
   const pools: PhasePair<Pool> = { direct: directPool, gateway: gatewayPool };
 
   if (WARMUP_MS > 0) {
@@ -284,20 +346,37 @@ model_list:
   }
 
   const meter = new CpuMeter({ gateway: gatewayPid, worker: workerPid }, stack.redis);
-  const measured = async (side: 'direct' | 'gateway') => {
+  const measured = async (side: 'direct' | 'gateway', target: PhasePair<Target>) => {
     const before = await meter.sample();
-    const result = await runNonStream(pools[side], nsTargets[side], CONCURRENCY, DURATION_MS);
+    const result = await runNonStream(pools[side], target[side], CONCURRENCY, DURATION_MS);
     return { result, cpu: CpuMeter.delta(before, await meter.sample()) };
   };
-  const nsDirect = await measured('direct');
-  const nsGateway = await measured('gateway');
-  const ns = { direct: nsDirect.result, gateway: nsGateway.result };
-  const cpu = cpuReport(nsDirect.cpu, nsGateway.cpu, ns.direct, ns.gateway);
-
-  const st: PhasePair<StreamResult> = {
-    direct: await runStream(pools.direct, stTargets.direct, CONCURRENCY, DURATION_MS),
-    gateway: await runStream(pools.gateway, stTargets.gateway, CONCURRENCY, DURATION_MS),
+  /** Non-stream direct, non-stream gateway (with CPU), stream direct, stream gateway. */
+  const scenario = async (nsTarget: PhasePair<Target>, stTarget: PhasePair<Target>): Promise<Scenario> => {
+    const nsDirect = await measured('direct', nsTarget);
+    const nsGateway = await measured('gateway', nsTarget);
+    const ns = { direct: nsDirect.result, gateway: nsGateway.result };
+    const st: PhasePair<StreamResult> = {
+      direct: await runStream(pools.direct, stTarget.direct, CONCURRENCY, DURATION_MS),
+      gateway: await runStream(pools.gateway, stTarget.gateway, CONCURRENCY, DURATION_MS),
+    };
+    return { ns, st, cpu: cpuReport(nsDirect.cpu, nsGateway.cpu, ns.direct, ns.gateway) };
   };
+  const completion = await scenario(nsTargets, stTargets);
+  const { ns, st, cpu } = completion;
+
+  // Chat runs after every completion phase, with its own warm-up, so the completion figures
+  // are measured exactly as before.
+  let chat: Scenario | undefined;
+  if (CHAT) {
+    if (WARMUP_MS > 0) {
+      for (const side of ['direct', 'gateway'] as const) {
+        await runNonStream(pools[side], chatNsTargets[side], CONCURRENCY, WARMUP_MS);
+        await runStream(pools[side], chatStTargets[side], CONCURRENCY, WARMUP_MS / 2);
+      }
+    }
+    chat = await scenario(chatNsTargets, chatStTargets);
+  }
 
   const gatewayLog = stack.gateway.output().trim();
   const workerLog = stack.workers
@@ -315,7 +394,7 @@ model_list:
     relayError = (err as Error).message;
   }
 
-  report(ns, st, cpu, relay, relayError);
+  report(completion, chat, relay, relayError);
   // Only warnings and errors: Nest prints its boot lines at LOG level whatever LOG_LEVEL says.
   for (const [name, log] of [
     ['gateway', gatewayLog],
@@ -330,11 +409,25 @@ model_list:
   console.log(
     JSON.stringify({
       bench: 'aqueduct-gateway',
-      config: { durationMs: DURATION_MS, concurrency: CONCURRENCY, warmupMs: WARMUP_MS, streamItlMs: STREAM_ITL_MS },
+      config: {
+        durationMs: DURATION_MS,
+        concurrency: CONCURRENCY,
+        warmupMs: WARMUP_MS,
+        streamItlMs: STREAM_ITL_MS,
+        chat: CHAT,
+      },
       nonStream: { direct: nonStreamJson(ns.direct), gateway: nonStreamJson(ns.gateway) },
       stream: { direct: streamJson(st.direct), gateway: streamJson(st.gateway) },
       addedTtftP50Ms: st.gateway.ttftMs.p50 - st.direct.ttftMs.p50,
       cpuPerRequestMs: cpu,
+      ...(chat !== undefined && {
+        chat: {
+          nonStream: { direct: nonStreamJson(chat.ns.direct), gateway: nonStreamJson(chat.ns.gateway) },
+          stream: { direct: streamJson(chat.st.direct), gateway: streamJson(chat.st.gateway) },
+          addedTtftP50Ms: chat.st.gateway.ttftMs.p50 - chat.st.direct.ttftMs.p50,
+          cpuPerRequestMs: chat.cpu,
+        },
+      }),
       relayTransport: relay ?? { error: relayError },
     }),
   );
