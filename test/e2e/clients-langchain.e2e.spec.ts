@@ -82,7 +82,7 @@ describe('LangChain JS against the gateway', () => {
       expect(msg.tool_calls).toEqual([]);
       const usage = msg.usage_metadata;
       expect(usage?.input_tokens).toBeGreaterThan(0);
-      expect(usage?.output_tokens).toBeGreaterThanOrEqual(words(prompt).length);
+      expect(usage?.output_tokens).toBe(words(prompt).length);
       expect(usage?.total_tokens).toBe((usage?.input_tokens ?? 0) + (usage?.output_tokens ?? 0));
     });
 
@@ -97,7 +97,7 @@ describe('LangChain JS against the gateway', () => {
       expect(words(whole.content)).toEqual(words(prompt));
       expect(new Set(chunks.map((c) => c.id).filter(Boolean)).size).toBe(1);
       // streamUsage is on by default: ChatOpenAI asks for stream_options.include_usage.
-      expect(whole.usage_metadata?.output_tokens).toBeGreaterThanOrEqual(words(prompt).length);
+      expect(whole.usage_metadata?.output_tokens).toBe(words(prompt).length);
       expect(whole.usage_metadata?.input_tokens).toBeGreaterThan(0);
       expect(whole.response_metadata.finish_reason).toBe('stop');
       // The same request without streaming gives the same text.
@@ -120,8 +120,8 @@ describe('LangChain JS against the gateway', () => {
       const call = msg.tool_calls?.[0];
       expect(call?.name).toBe('get_weather');
       expect(call?.id).toEqual(expect.any(String));
-      expect(call?.args).toBeTypeOf('object');
-      expect(Array.isArray(call?.args)).toBe(false);
+      // One value of each property's type: the string, and the enum's first value.
+      expect(call?.args).toEqual({ city: expect.any(String), unit: 'c' });
       expect(msg.invalid_tool_calls ?? []).toEqual([]);
       expect(msg.response_metadata.finish_reason).toBe('tool_calls');
       // The raw OpenAI tool call holds the same arguments, as a JSON string.
@@ -141,7 +141,7 @@ describe('LangChain JS against the gateway', () => {
       expect(chunks).toBeGreaterThan(1);
       expect(whole?.tool_calls).toHaveLength(1);
       expect(whole?.tool_calls?.[0]?.name).toBe('get_weather');
-      expect(whole?.tool_calls?.[0]?.args).toBeTypeOf('object');
+      expect(whole?.tool_calls?.[0]?.args).toEqual({ city: expect.any(String), unit: 'c' });
       expect(whole?.invalid_tool_calls ?? []).toEqual([]);
       expect(whole?.response_metadata.finish_reason).toBe('tool_calls');
       // The tool runs on the parsed args as LangChain hands them over.

@@ -75,7 +75,7 @@ describe('Vercel AI SDK against the gateway', () => {
       expect(words(result.text)).toEqual(words(prompt));
       expect(result.finishReason).toBe('stop');
       expect(result.usage.inputTokens).toBeGreaterThan(0);
-      expect(result.usage.outputTokens).toBeGreaterThanOrEqual(words(prompt).length);
+      expect(result.usage.outputTokens).toBe(words(prompt).length);
       expect(result.usage.totalTokens).toBe((result.usage.inputTokens ?? 0) + (result.usage.outputTokens ?? 0));
       expect(result.response.id).toMatch(/^chatcmpl-/);
       expect(result.response.modelId).toBe('echo');
@@ -108,7 +108,7 @@ describe('Vercel AI SDK against the gateway', () => {
       expect(await result.finishReason).toBe('stop');
       // includeUsage: the provider asks for stream_options.include_usage and reads the usage chunk.
       const usage = await result.usage;
-      expect(usage.outputTokens).toBeGreaterThanOrEqual(words(prompt).length);
+      expect(usage.outputTokens).toBe(words(prompt).length);
       expect(usage.inputTokens).toBeGreaterThan(0);
     });
 
@@ -173,8 +173,8 @@ describe('Vercel AI SDK against the gateway', () => {
       // Not `invalid`: the arguments were JSON that the zod schema accepted.
       expect(call?.invalid ?? false).toBe(false);
       expect(call?.dynamic ?? false).toBe(false);
-      expect(call?.input).toBeTypeOf('object');
-      expect(weather.inputSchema).toBeDefined();
+      // One value of each property's type: the string, and the enum's first value.
+      expect(call?.input).toEqual({ city: expect.any(String), unit: 'c' });
       expect(result.response.id).toMatch(/^chatcmpl-/);
     });
 
@@ -188,7 +188,7 @@ describe('Vercel AI SDK against the gateway', () => {
       });
       expect(result.toolCalls.map((c) => c.toolName)).toEqual(['lookup']);
       expect(result.toolCalls[0]?.invalid ?? false).toBe(false);
-      expect(result.toolCalls[0]?.input).toBeTypeOf('object');
+      expect(result.toolCalls[0]?.input).toEqual({ term: expect.any(String) });
       expect(result.finishReason).toBe('tool-calls');
     });
 
@@ -216,7 +216,7 @@ describe('Vercel AI SDK against the gateway', () => {
       expect(calls).toHaveLength(1);
       expect(calls[0]?.toolName).toBe('get_weather');
       expect(calls[0]?.invalid ?? false).toBe(false);
-      expect(calls[0]?.input).toBeTypeOf('object');
+      expect(calls[0]?.input).toEqual({ city: expect.any(String), unit: 'c' });
       if (inputDeltas !== '') {
         expect(JSON.parse(inputDeltas)).toEqual(calls[0]?.input);
       }
@@ -230,7 +230,7 @@ describe('Vercel AI SDK against the gateway', () => {
       const a = await embed({ model, value: 'the river flows', maxRetries: 0 });
       expect(a.embedding).toHaveLength(256);
       expect(norm(a.embedding)).toBeCloseTo(1, 5);
-      expect(a.usage.tokens).toBeGreaterThan(0);
+      expect(a.usage.tokens).toBe(3);
       const again = await embed({ model, value: 'the river flows', maxRetries: 0 });
       expect(again.embedding).toEqual(a.embedding);
       const other = await embed({ model, value: 'something else entirely', maxRetries: 0 });
@@ -251,7 +251,8 @@ describe('Vercel AI SDK against the gateway', () => {
       expect(many.embeddings[1]).not.toEqual(many.embeddings[0]);
       const single = await embed({ model, value: 'the river flows', maxRetries: 0 });
       expect(many.embeddings[3]).toEqual(single.embedding);
-      expect(many.usage.tokens).toBeGreaterThanOrEqual(values.length);
+      // The simulator counts the words of every input.
+      expect(many.usage.tokens).toBe(values.reduce((n, v) => n + words(v).length, 0));
     });
 
     it('dimensions: shorter unit vectors', async () => {
