@@ -41,13 +41,7 @@ import { RelayService } from './relay/relay.service';
 import { WorkerRegistry } from './workers/worker-registry.service';
 
 @Module({
-  imports: [
-    DiscoveryModule,
-    PassportModule,
-    QueueModule.forRole('producer'),
-    ControlModule,
-    DashboardModule,
-  ],
+  imports: [DiscoveryModule, PassportModule, QueueModule.forRole('producer'), ControlModule, DashboardModule],
   controllers: [InferenceController, ModelsController, HealthController, AdminController, MetricsController],
   providers: [
     Clock,

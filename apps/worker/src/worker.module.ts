@@ -1,4 +1,13 @@
-import { AppConfig, AppLogger, Clock, closeRedis, ConfigModule, ControlModule, createRedis, QueueModule } from '@app/common';
+import {
+  AppConfig,
+  AppLogger,
+  Clock,
+  closeRedis,
+  ConfigModule,
+  ControlModule,
+  createRedis,
+  QueueModule,
+} from '@app/common';
 import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { BackendRegistry } from './backends/backend-registry';

@@ -57,7 +57,8 @@ export class ModelCatalog {
         model.mode === undefined
           ? `${OPERATIONS.chat.endpoint} or ${OPERATIONS.completion.endpoint}`
           : OPERATIONS[model.mode].endpoint;
-      const kind = model.mode === undefined ? 'a completion and chat' : `a${model.mode === 'embedding' ? 'n' : ''} ${model.mode}`;
+      const kind =
+        model.mode === undefined ? 'a completion and chat' : `a${model.mode === 'embedding' ? 'n' : ''} ${model.mode}`;
       throw new ApiError(
         404,
         `The model \`${model.name}\` is ${kind} model and is not supported on ${op.endpoint}. Use ${use} instead.`,

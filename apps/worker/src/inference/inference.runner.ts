@@ -191,7 +191,8 @@ export class InferenceRunner {
   }
 
   private request(data: CompletionJobData, d: Deployment, signal: AbortSignal): BackendRequest {
-    const deadline = d.timeoutMs === undefined ? data.deadline : Math.min(data.deadline, this.clock.now() + d.timeoutMs);
+    const deadline =
+      d.timeoutMs === undefined ? data.deadline : Math.min(data.deadline, this.clock.now() + d.timeoutMs);
     return { op: data.op, deployment: d, params: data.params, signal, deadline };
   }
 }
