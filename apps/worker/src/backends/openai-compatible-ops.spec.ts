@@ -206,6 +206,7 @@ describe('OpenAICompatibleBackend: chat responses', () => {
               content: 'answer',
               refusal: null,
               reasoning_content: 'because',
+              annotations: [{ type: 'url_citation', url_citation: { url: 'https://example.com' } }],
               tool_calls: [],
               vendor_thing: 1,
             },
@@ -221,7 +222,13 @@ describe('OpenAICompatibleBackend: chat responses', () => {
     expect(res.output).toEqual([
       {
         index: 0,
-        message: { role: 'assistant', content: 'answer', refusal: null, reasoning_content: 'because' },
+        message: {
+          role: 'assistant',
+          content: 'answer',
+          refusal: null,
+          reasoning_content: 'because',
+          annotations: [{ type: 'url_citation', url_citation: { url: 'https://example.com' } }],
+        },
         logprobs: { content: [{ token: 'a', logprob: -1, bytes: [97], top_logprobs: [] }] },
         finish_reason: 'stop',
       },

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { isRecord } from './upstream-errors';
 import { bool, int, invalid, parseStop, type SimParams } from './simulator-params';
 
@@ -15,6 +16,8 @@ export interface ChatSimParams {
   promptTokens: number;
   /** The function every choice calls, or null for an ordinary text answer. */
   tool: SimTool | null;
+  /** A digest of the messages, so that tool call ids differ from one conversation turn to the next. */
+  conversation: string;
 }
 
 export interface SimTool {
@@ -55,13 +58,15 @@ export function parseChatParams(params: Record<string, unknown>): ChatSimParams 
       maxTokens,
       echo: false,
       stop: parseStop(params.stop),
-      // The generator counts alternatives besides the sampled token; chat's top_logprobs include it.
+      // The generator scores the sampled token and this many alternatives; chat keeps the
+      // first top_logprobs of those, the sampled token first (see chatLogprob).
       logprobs: logprobs ? topLogprobs : null,
       seed: params.seed === undefined || params.seed === null ? null : int(params.seed, 'seed', 0, -(2 ** 63), 2 ** 63),
     },
     topLogprobs: logprobs ? topLogprobs : null,
     promptTokens: texts.reduce((sum, t) => sum + words(t), 0),
     tool: chosenTool(params.tools, params.tool_choice),
+    conversation: createHash('sha256').update(JSON.stringify(params.messages)).digest('hex'),
   };
 }
 

@@ -261,6 +261,21 @@ describe('SimulatorBackend chat: tool calls', () => {
     ).toEqual(res);
   });
 
+  it('gives a new call id on the next turn of the conversation', async () => {
+    const first = [user('go')];
+    const a = await chat('echo', { messages: first, tools, tool_choice: 'required' });
+    const call = a.output[0]?.message.tool_calls?.[0];
+    const next = [
+      ...first,
+      { role: 'assistant', content: null, tool_calls: [call] },
+      { role: 'tool', tool_call_id: call?.id, content: 'pong' },
+    ];
+    const b = await chat('echo', { messages: next, tools, tool_choice: 'required' });
+    expect(b.output[0]?.message.tool_calls?.[0]?.id).not.toBe(call?.id);
+    // The tool result's text counts as prompt: go (1) + pong (1).
+    expect(b.usage?.prompt_tokens).toBe(2);
+  });
+
   it('"required" calls the first tool; a function without parameters gets "{}"', async () => {
     const res = await chat('echo', { messages: [user('go')], tools, tool_choice: 'required' });
     expect(res.output[0]?.message.tool_calls?.[0]?.function).toEqual({ name: 'ping', arguments: '{}' });

@@ -121,16 +121,17 @@ function begin(req: BackendRequest): { p: ChatSimParams; runs: ChatRun[] } {
   const p = parseChatParams(req.params);
   const model = req.deployment.upstreamModel;
   const runs: ChatRun[] = [];
+  // Split once, shared by the n choices (the message may be long).
+  const words = (p.text.prompts[0] ?? '').split(/\s+/).filter((w) => w !== '');
   // At most 128 choices; each generates its text only as it is asked for.
   for (let c = 0; c < p.text.n; c++) {
-    runs.push(p.tool === null ? textRun(model, p, c) : toolRun(model, p, p.tool, c));
+    runs.push(p.tool === null ? textRun(model, p, words, c) : toolRun(model, p, p.tool, c));
   }
   return { p, runs };
 }
 
-function textRun(model: string, p: ChatSimParams, c: number): ChatRun {
+function textRun(model: string, p: ChatSimParams, words: string[], c: number): ChatRun {
   const prompt = p.text.prompts[0] ?? '';
-  const words = prompt.split(/\s+/).filter((w) => w !== '');
   const gen = new ChoiceGenerator(model, p.text, prompt, words, 0, c, true);
   const top = p.topLogprobs ?? 0;
   return {
@@ -158,7 +159,7 @@ function textRun(model: string, p: ChatSimParams, c: number): ChatRun {
 }
 
 function toolRun(model: string, p: ChatSimParams, tool: SimTool, c: number): ChatRun {
-  const call = simulatedToolCall(model, tool, c, p.text.seed);
+  const call = simulatedToolCall(model, tool, c, p.text.seed, p.conversation);
   let i = 0;
   return {
     index: c,

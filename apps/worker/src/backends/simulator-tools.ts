@@ -16,8 +16,15 @@ export interface SimToolCall {
 /** Characters per streamed arguments piece: a few per "token", like a real model's deltas. */
 const FRAGMENT_CHARS = 8;
 
-export function simulatedToolCall(model: string, tool: SimTool, choice: number, seed: number | null): SimToolCall {
-  const seedText = JSON.stringify([model, tool.name, choice, seed]);
+/** `conversation` identifies the request's messages: the same request, the same call; the next turn, a new id. */
+export function simulatedToolCall(
+  model: string,
+  tool: SimTool,
+  choice: number,
+  seed: number | null,
+  conversation: string,
+): SimToolCall {
+  const seedText = JSON.stringify([model, tool.name, choice, seed, conversation]);
   const id = `call_${createHash('sha256').update(seedText).digest('hex').slice(0, 24)}`;
   const rng = prng(`${seedText}:arguments`);
   const args: Record<string, unknown> = {};

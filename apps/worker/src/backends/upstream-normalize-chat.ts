@@ -21,8 +21,9 @@ import {
 /**
  * Chat completions from an upstream, reduced to OpenAI's fields. Kept: content, refusal,
  * tool calls (checked field by field: the client's SDK parses them), the legacy
- * `function_call`, and the reasoning text that vLLM / DeepSeek-style servers add
- * (`reasoning_content`, `reasoning`). Dropped: everything else a vendor adds.
+ * `function_call`, OpenAI's `audio` and `annotations` (a client that asked for audio
+ * output or web search needs them), and the reasoning text that vLLM / DeepSeek-style
+ * servers add (`reasoning_content`, `reasoning`). Dropped: everything else a vendor adds.
  */
 
 /** Reasoning text some servers add beside `content`; relayed because clients of those servers read it. */
@@ -201,12 +202,22 @@ function functionFields(raw: unknown, shapeError: ShapeError): { name?: string; 
   return out;
 }
 
-/** Reasoning text and the legacy `function_call`: kept when well-formed, the rest of a vendor's fields dropped. */
+/**
+ * Reasoning text, audio, annotations and the legacy `function_call`: kept when well-formed,
+ * the rest of a vendor's fields dropped. Audio and annotations are relayed as OpenAI sends
+ * them; only their outer type is checked.
+ */
 function copyExtras(from: Record<string, unknown>, to: ChatMessage | ChatDelta, shapeError: ShapeError): void {
   for (const key of REASONING_FIELDS) {
     if (typeof from[key] === 'string') {
       to[key] = from[key];
     }
+  }
+  if (isRecord(from.audio)) {
+    to.audio = from.audio;
+  }
+  if (Array.isArray(from.annotations)) {
+    to.annotations = from.annotations;
   }
   if (from.function_call !== undefined && from.function_call !== null) {
     to.function_call = functionFields(from.function_call, shapeError);
