@@ -345,3 +345,50 @@ describe('SimulatorBackend chat: invalid parameters', () => {
     expect(err).toMatchObject({ status: 400, type: 'invalid_request_error', param, failover: false });
   });
 });
+
+describe('SimulatorBackend chat: lazy and fair', () => {
+  const long = Array.from({ length: 2_048 }, (_, i) => `w${i}`).join(' ');
+  const big = { messages: [user(long)], n: 32, max_tokens: 4_096, logprobs: true, top_logprobs: 5 };
+
+  it('streams a large request without holding the event loop, the first chunk at once', async () => {
+    let last = performance.now();
+    let gap = 0;
+    const timer = setInterval(() => {
+      const now = performance.now();
+      gap = Math.max(gap, now - last);
+      last = now;
+    }, 2);
+    const started = performance.now();
+    let first = -1;
+    let count = 0;
+    try {
+      for await (const e of sim.stream(request('echo', big))) {
+        if (e.type === 'chunk') {
+          count += 1;
+          first = first < 0 ? performance.now() - started : first;
+        }
+      }
+    } finally {
+      clearInterval(timer);
+    }
+    // Per choice: the opening delta, 2048 words, the closing delta.
+    expect(count).toBe(32 * (2_048 + 2));
+    expect(first).toBeLessThan(100);
+    expect(Math.max(gap, performance.now() - last)).toBeLessThan(500);
+  }, 60_000);
+
+  it.each([true, false])('stops within a slice when cancelled (stream: %s)', async (streamed) => {
+    const ctl = new AbortController();
+    const reason = new Error('cancelled');
+    setTimeout(() => ctl.abort(reason), 20);
+    const req = { ...request('echo', big), signal: ctl.signal };
+    const run = streamed
+      ? (async () => {
+          for await (const _ of sim.stream(req)) {
+            // consume
+          }
+        })()
+      : sim.complete(req);
+    await expect(run).rejects.toBe(reason);
+  });
+});
