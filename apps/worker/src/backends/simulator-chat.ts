@@ -20,6 +20,9 @@ import { simulatedToolCall } from './simulator-tools';
  * otherwise), so stop, max_tokens, n, seed and logprobs behave exactly as for completions.
  * A `tool_choice` that forces a function makes every choice one call to it instead.
  * Deterministic, and a stream carries the same answer as the non-stream response.
+ * usage.prompt_tokens counts the whitespace-separated words of every message's text
+ * content (string contents and text parts; see parseChatParams); completion_tokens the
+ * tokens generated (for a tool call: its arguments fragments).
  */
 
 /** One choice as a sequence of deltas, produced on demand. */

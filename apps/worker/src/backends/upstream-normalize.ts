@@ -141,6 +141,6 @@ export function parseUsage(raw: unknown, shapeError: ShapeError): Usage | null {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total };
 }
 
-export function isCount(v: unknown): v is number {
+function isCount(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0;
 }
