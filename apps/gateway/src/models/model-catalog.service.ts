@@ -19,7 +19,7 @@ export interface ModelObject {
 
 /** The router config as seen by one token: alias resolution and the allow-list. */
 @Injectable()
-export class ModelCatalog {
+export class ModelCatalogService {
   constructor(private readonly config: AppConfig) {}
 
   /** Canonical model for a name or alias; 404 when unknown. */

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ChatChoice, ChatChunkChoice, Deployment, EmbeddingObject, OperationName } from '@app/common';
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest, StreamEvent } from './llm-backend';
 import { OpenAICompatibleBackend } from './openai-compatible.backend';
 

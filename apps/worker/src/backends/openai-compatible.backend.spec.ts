@@ -7,7 +7,7 @@ import {
   startFakeUpstream,
   type FakeUpstream,
 } from '../../../../test/support/fake-upstream';
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest, StreamEvent } from './llm-backend';
 import { OpenAICompatibleBackend } from './openai-compatible.backend';
 import { retryAfterMs } from './upstream-errors';

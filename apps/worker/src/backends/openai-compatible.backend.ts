@@ -1,6 +1,6 @@
 import { Pool } from 'undici';
 import { type Deployment, type OperationName, pickUpstreamParams, type StreamChoice } from '@app/common';
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from './llm-backend';
 import { parseJsonOrUndefined, readText, UpstreamCall } from './upstream-call';
 import { fromErrorFrame, isRecord, upstreamInvalid, upstreamProtocolError } from './upstream-errors';

@@ -1,4 +1,4 @@
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 
 /**
  * The completion parameters the simulator honours, checked and defaulted. The gateway

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ChoiceDelta, Deployment, Usage } from '@app/common';
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest, BackendResult, StreamEvent } from './llm-backend';
 import { SimulatorBackend } from './simulator.backend';
 

@@ -1,4 +1,4 @@
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from './llm-backend';
 import { simulateChat, streamChat } from './simulator-chat';
 import { SimulatorClock, type SimulatorClockOptions } from './simulator-clock';

@@ -1,5 +1,5 @@
 import type { ChoiceDelta, FinishReason, Logprobs, ResultItem, StreamChoice, Usage } from '@app/common';
-import type { BackendError } from './backend-error';
+import type { BackendError } from './backend.error';
 import type { BackendResult, StreamEvent } from './llm-backend';
 import { fromErrorFrame, isRecord, upstreamGenerationFailed, upstreamInvalid } from './upstream-errors';
 
