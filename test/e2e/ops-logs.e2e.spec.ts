@@ -137,7 +137,7 @@ describe('structured logs', () => {
       deployment: 'up#0',
       status: 200,
       outcome: 'ok',
-      context: 'WorkerUsage',
+      context: 'WorkerUsageService',
     });
     expect(job?.completion_tokens).toBeGreaterThan(0);
     const failed = lines.find((l) => l.app === 'worker' && l.rid === rids[3] && l.msg === 'job finished');

@@ -29,25 +29,19 @@ import { MeteredControlService } from './observability/metered-control.service';
 import { MetricsController } from './observability/metrics.controller';
 import { OpenAIExceptionFilter } from './http/openai-exception.filter';
 import { RouteTable } from './http/route-table';
-import { ModelCatalog } from './models/model-catalog.service';
+import { ModelCatalogService } from './models/model-catalog.service';
 import { ModelsController } from './models/models.controller';
-import { CompletionQueue } from './queue/completion-queue.service';
-import { QueueDepth } from './queue/queue-depth.service';
+import { JobQueueService } from './queue/job-queue.service';
+import { QueueDepthService } from './queue/queue-depth.service';
 import { LimitsService } from './limits/limits.service';
 import { RefusalCounter } from './usage/refusal-counter';
-import { GatewayUsage } from './usage/usage.service';
+import { UsageService } from './usage/usage.service';
 import { REDIS_COMMAND } from './redis/redis.tokens';
 import { RelayService } from './relay/relay.service';
-import { WorkerRegistry } from './workers/worker-registry.service';
+import { WorkerRegistryService } from './workers/worker-registry.service';
 
 @Module({
-  imports: [
-    DiscoveryModule,
-    PassportModule,
-    QueueModule.forRole('producer'),
-    ControlModule,
-    DashboardModule,
-  ],
+  imports: [DiscoveryModule, PassportModule, QueueModule.forRole('producer'), ControlModule, DashboardModule],
   controllers: [InferenceController, ModelsController, HealthController, AdminController, MetricsController],
   providers: [
     Clock,
@@ -68,17 +62,17 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     { provide: APP_FILTER, useClass: OpenAIExceptionFilter },
     RouteTable,
     AdminGuard,
-    ModelCatalog,
+    ModelCatalogService,
     GatewayDrain,
     RelayService,
-    CompletionQueue,
-    QueueDepth,
+    JobQueueService,
+    QueueDepthService,
     LimitsService,
-    GatewayUsage,
+    UsageService,
     RefusalCounter,
     // Counts the cancels it sends (aqueduct_cancellations_total).
     { provide: ControlService, useClass: MeteredControlService },
-    WorkerRegistry,
+    WorkerRegistryService,
     InferenceService,
   ],
 })

@@ -20,7 +20,7 @@ import type Redis from 'ioredis';
 import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
 import { GatewayDrain } from './health/gateway-drain';
-import { GatewayHttpAdapter } from './http/http-server';
+import { GatewayHttpAdapter } from './http/gateway-http.adapter';
 import { apiCors } from './http/api-cors';
 import { jsonBody } from './http/json-body';
 import { requestId } from './http/request-id';

@@ -1,18 +1,27 @@
-import { AppConfig, AppLogger, Clock, closeRedis, ConfigModule, ControlModule, createRedis, QueueModule } from '@app/common';
+import {
+  AppConfig,
+  AppLogger,
+  Clock,
+  closeRedis,
+  ConfigModule,
+  ControlModule,
+  createRedis,
+  QueueModule,
+} from '@app/common';
 import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import type Redis from 'ioredis';
-import { BackendRegistry } from './backends/backend-registry';
+import { BackendRegistry } from './backends/backend.registry';
 import { CancellationRegistry } from './control/cancellation.registry';
 import { HeartbeatService } from './control/heartbeat.service';
 import { DeploymentPicker } from './inference/deployment.picker';
 import { InferenceProcessor } from './inference/inference.processor';
 import { InferenceRunner } from './inference/inference.runner';
 import { JobWatchdog } from './inference/job.watchdog';
-import { MeteredBackendRegistry } from './observability/metered-backends';
-import { WorkerMetricsServer } from './observability/metrics-server';
+import { MeteredBackendRegistry } from './observability/metered-backend.registry';
+import { WorkerMetricsServer } from './observability/worker-metrics.server';
 import { WorkerMetrics } from './observability/worker-metrics';
 import { REDIS_PUBLISHER } from './tokens';
-import { WorkerUsage } from './usage/worker-usage.service';
+import { WorkerUsageService } from './usage/worker-usage.service';
 import { WorkerIdentity } from './worker-identity';
 
 @Module({
@@ -37,7 +46,7 @@ import { WorkerIdentity } from './worker-identity';
     },
     CancellationRegistry,
     HeartbeatService,
-    WorkerUsage,
+    WorkerUsageService,
     DeploymentPicker,
     JobWatchdog,
     InferenceRunner,

@@ -1,7 +1,7 @@
 import { ApiError, Clock, tokenState, TokenStore, type TokenRecord, type UsageSummary } from '@app/common';
 import { Body, Controller, Delete, Get, HttpCode, Param, Post, Query, UseGuards } from '@nestjs/common';
 import { Public } from '../auth/public.decorator';
-import { GatewayUsage } from '../usage/usage.service';
+import { UsageService } from '../usage/usage.service';
 import { AdminGuard } from './admin.guard';
 import { parseCreateToken, parseSince } from './admin-requests';
 
@@ -14,7 +14,7 @@ type ListedToken = TokenRecord & { state: string };
 export class AdminController {
   constructor(
     private readonly tokens: TokenStore,
-    private readonly usage: GatewayUsage,
+    private readonly usage: UsageService,
     private readonly clock: Clock,
   ) {}
 

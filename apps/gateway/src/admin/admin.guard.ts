@@ -1,4 +1,4 @@
-import { AdminCredentials, ApiError, AppConfig } from '@app/common';
+import { AdminCredentials, adminRefusal, ApiError, AppConfig } from '@app/common';
 import { type CanActivate, type ExecutionContext, Injectable } from '@nestjs/common';
 import type { Request } from 'express';
 
@@ -20,20 +20,10 @@ export class AdminGuard implements CanActivate {
     if (!this.credentials.configured) {
       throw ApiError.unknownUrl(req.method, req.path);
     }
-    switch (this.credentials.check(req.headers.authorization)) {
-      case 'admin':
-        return true;
-      case 'api_token':
-        throw new ApiError(403, 'This API key may not use the admin API.', 'permission_error', null, 'admin_required');
-      case 'wrong':
-      case 'missing':
-        throw new ApiError(
-          401,
-          'The admin API needs the admin key as a Bearer token.',
-          'invalid_request_error',
-          null,
-          'invalid_api_key',
-        );
+    const refusal = adminRefusal(this.credentials, req.headers.authorization, { what: 'the admin API', basic: false });
+    if (refusal !== undefined) {
+      throw refusal.error;
     }
+    return true;
   }
 }

@@ -7,7 +7,7 @@ import { Public } from '../auth/public.decorator';
 import { GatewayDrain } from './gateway-drain';
 import { InjectRedis } from '../redis/redis.tokens';
 import { RelayService } from '../relay/relay.service';
-import { WorkerRegistry } from '../workers/worker-registry.service';
+import { WorkerRegistryService } from '../workers/worker-registry.service';
 
 /** A probe must answer within its own timeout even when Redis hangs instead of refusing. */
 const REDIS_TIMEOUT_MS = 1_000;
@@ -29,7 +29,7 @@ export class HealthController {
   constructor(
     @InjectRedis() private readonly redis: Redis,
     @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue,
-    private readonly workers: WorkerRegistry,
+    private readonly workers: WorkerRegistryService,
     private readonly relay: RelayService,
     private readonly drain: GatewayDrain,
   ) {}

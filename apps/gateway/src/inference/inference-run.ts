@@ -160,6 +160,9 @@ export class InferenceRun {
   }
 
   private record(produced: Readonly<Produced>, status: number, outcome: UsageOutcome): void {
-    this.deps.usage.record(buildUsageRecord(this.job, produced, status, outcome, this.deps.clock.now()), this.job.deadline);
+    this.deps.usage.record(
+      buildUsageRecord(this.job, produced, status, outcome, this.deps.clock.now()),
+      this.job.deadline,
+    );
   }
 }

@@ -13,12 +13,12 @@ import {
 import { Injectable } from '@nestjs/common';
 import { ControlService } from '../control/control.service';
 import { LimitsService } from '../limits/limits.service';
-import { ModelCatalog } from '../models/model-catalog.service';
-import { CompletionQueue } from '../queue/completion-queue.service';
-import { QueueDepth } from '../queue/queue-depth.service';
+import { ModelCatalogService } from '../models/model-catalog.service';
+import { JobQueueService } from '../queue/job-queue.service';
+import { QueueDepthService } from '../queue/queue-depth.service';
 import { RelayService } from '../relay/relay.service';
-import { GatewayUsage } from '../usage/usage.service';
-import { WorkerRegistry } from '../workers/worker-registry.service';
+import { UsageService } from '../usage/usage.service';
+import { WorkerRegistryService } from '../workers/worker-registry.service';
 import { InferenceRun } from './inference-run';
 import type { RunDeps } from './run-deps';
 
@@ -44,14 +44,14 @@ export class InferenceService {
   constructor(
     private readonly config: AppConfig,
     private readonly clock: Clock,
-    private readonly models: ModelCatalog,
+    private readonly models: ModelCatalogService,
     private readonly relay: RelayService,
-    private readonly depth: QueueDepth,
-    private readonly workers: WorkerRegistry,
+    private readonly depth: QueueDepthService,
+    private readonly workers: WorkerRegistryService,
     private readonly limits: LimitsService,
-    queue: CompletionQueue,
+    queue: JobQueueService,
     control: ControlService,
-    usage: GatewayUsage,
+    usage: UsageService,
   ) {
     this.deps = { clock, relay, queue, control, usage, idleTimeoutMs: config.env.AQUEDUCT_IDLE_TIMEOUT_MS };
   }

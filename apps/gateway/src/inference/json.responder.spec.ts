@@ -132,9 +132,9 @@ describe('non-stream results over the relay', () => {
       text_offset: Array.from({ length: entries }, (_, i) => i * 9),
     };
     const choices: ChoiceDelta[] = [
-        { index: 1, text: tricky(3 * 1024 * 1024 + 7, 'b'), logprobs: null, finish_reason: 'length' },
-        { index: 0, text: '', logprobs: null, finish_reason: 'stop' },
-        { index: 2, text: tricky(200_000, 'c'), logprobs, finish_reason: 'stop' },
+      { index: 1, text: tricky(3 * 1024 * 1024 + 7, 'b'), logprobs: null, finish_reason: 'length' },
+      { index: 0, text: '', logprobs: null, finish_reason: 'stop' },
+      { index: 2, text: tricky(200_000, 'c'), logprobs, finish_reason: 'stop' },
     ];
     const result: ResultPayload = { output: choices, usage, system_fingerprint: 'fp_big' };
     const { raw, ms } = await relay(result);
@@ -167,7 +167,10 @@ describe('non-stream results over the relay', () => {
       index: i,
       embedding: Array.from({ length: 256 }, (_, d) => Math.sin(i * 256 + d) / 16),
     }));
-    const { raw } = await relay({ output: data, usage: { prompt_tokens: 800, completion_tokens: 0, total_tokens: 800 } });
+    const { raw } = await relay({
+      output: data,
+      usage: { prompt_tokens: 800, completion_tokens: 0, total_tokens: 800 },
+    });
     expect(raw.length).toBeGreaterThan(4);
     const body = await answer(raw, EMBEDDING);
     expect(body.object).toBe('list');

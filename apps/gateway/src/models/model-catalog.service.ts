@@ -19,7 +19,7 @@ export interface ModelObject {
 
 /** The router config as seen by one token: alias resolution and the allow-list. */
 @Injectable()
-export class ModelCatalog {
+export class ModelCatalogService {
   constructor(private readonly config: AppConfig) {}
 
   /** Canonical model for a name or alias; 404 when unknown. */
@@ -57,7 +57,8 @@ export class ModelCatalog {
         model.mode === undefined
           ? `${OPERATIONS.chat.endpoint} or ${OPERATIONS.completion.endpoint}`
           : OPERATIONS[model.mode].endpoint;
-      const kind = model.mode === undefined ? 'a completion and chat' : `a${model.mode === 'embedding' ? 'n' : ''} ${model.mode}`;
+      const kind =
+        model.mode === undefined ? 'a completion and chat' : `a${model.mode === 'embedding' ? 'n' : ''} ${model.mode}`;
       throw new ApiError(
         404,
         `The model \`${model.name}\` is ${kind} model and is not supported on ${op.endpoint}. Use ${use} instead.`,

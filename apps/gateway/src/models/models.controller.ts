@@ -1,11 +1,11 @@
 import type { TokenRecord } from '@app/common';
 import { Controller, Get, Param } from '@nestjs/common';
 import { CurrentToken } from '../auth/current-token.decorator';
-import { ModelCatalog, type ModelObject } from './model-catalog.service';
+import { ModelCatalogService, type ModelObject } from './model-catalog.service';
 
 @Controller()
 export class ModelsController {
-  constructor(private readonly catalog: ModelCatalog) {}
+  constructor(private readonly catalog: ModelCatalogService) {}
 
   @Get(['models', 'v1/models'])
   list(@CurrentToken() token: TokenRecord): { object: 'list'; data: ModelObject[] } {

@@ -1,4 +1,4 @@
-import { AdminCredentials, ApiError, AppConfig, COMPLETIONS_QUEUE } from '@app/common';
+import { AdminCredentials, adminRefusal, ApiError, AppConfig, COMPLETIONS_QUEUE } from '@app/common';
 import type { AppViewRoute, QueueAdapterOptions } from '@bull-board/api/typings/app';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
@@ -7,7 +7,6 @@ import { Module } from '@nestjs/common';
 import type { Queue } from 'bullmq';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { sendApiError } from '../http/error-response';
-import { BASIC_CHALLENGE, requireAdmin } from './admin-challenge';
 import { redactJobData } from './job-redaction';
 
 export const DASHBOARD_ROUTE = '/admin/queues';
@@ -78,14 +77,12 @@ export function dashboardGuard(config: AppConfig): RequestHandler {
       sendApiError(res, ApiError.unknownUrl(req.method, path));
       return;
     }
-    try {
-      requireAdmin(credentials, req.headers.authorization, 'the queue dashboard');
-    } catch (err) {
-      const error = err as ApiError;
-      if (error.status === 401) {
-        res.setHeader('www-authenticate', BASIC_CHALLENGE);
+    const refusal = adminRefusal(credentials, req.headers.authorization, { what: 'the queue dashboard', basic: true });
+    if (refusal !== undefined) {
+      if (refusal.challenge !== undefined) {
+        res.setHeader('www-authenticate', refusal.challenge);
       }
-      sendApiError(res, error);
+      sendApiError(res, refusal.error);
       return;
     }
     res.setHeader('x-frame-options', 'DENY');

@@ -5,7 +5,7 @@ import type { Queue } from 'bullmq';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LimitsService } from '../limits/limits.service';
 import { RelayService } from '../relay/relay.service';
-import { WorkerRegistry } from '../workers/worker-registry.service';
+import { WorkerRegistryService } from '../workers/worker-registry.service';
 
 /** Seconds; wide enough for long completions. */
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
@@ -35,7 +35,7 @@ export class GatewayMetrics {
 
   constructor(
     @InjectQueue(COMPLETIONS_QUEUE) queue: Queue,
-    workers: WorkerRegistry,
+    workers: WorkerRegistryService,
     relay: RelayService,
     limits: LimitsService,
   ) {

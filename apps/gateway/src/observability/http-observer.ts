@@ -18,11 +18,7 @@ const DASHBOARD = /^\/admin\/queues(\/|$)/;
  * Log lines carry ids, names and numbers: never
  * the key, the prompt or the completion.
  */
-export function httpObserver(
-  logger: Logger,
-  metrics: GatewayMetrics,
-  refusals: RefusalCounter,
-): RequestHandler {
+export function httpObserver(logger: Logger, metrics: GatewayMetrics, refusals: RefusalCounter): RequestHandler {
   return (req: Request, res: Response, next: NextFunction) => {
     const started = performance.now();
     const path = req.path;

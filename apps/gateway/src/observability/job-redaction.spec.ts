@@ -37,6 +37,31 @@ describe('redactJobData', () => {
     });
   });
 
+  it('summarises chat messages, predicted output and embedding inputs, keeping the parameters', () => {
+    const chat = {
+      op: 'chat',
+      params: {
+        messages: [{ role: 'user', content: 'my password is hunter2' }],
+        prediction: { type: 'content', content: 'the answer' },
+        tools: [{ type: 'function', function: { name: 'lookup' } }],
+        max_completion_tokens: 8,
+      },
+    };
+    expect(redactJobData(chat)).toEqual({
+      op: 'chat',
+      params: {
+        messages: '[redacted: 1 items]',
+        prediction: '[redacted]',
+        tools: [{ type: 'function', function: { name: 'lookup' } }],
+        max_completion_tokens: 8,
+      },
+    });
+    expect(redactJobData({ op: 'embedding', params: { input: ['a', 'b', 'c'], dimensions: 8 } })).toEqual({
+      op: 'embedding',
+      params: { input: '[redacted: 3 items]', dimensions: 8 },
+    });
+  });
+
   it('passes through what is not an object', () => {
     expect(redactJobData(null)).toBeNull();
     expect(redactJobData(3)).toBe(3);

@@ -5,7 +5,8 @@
  * (the gateway stores the token id; workers read upstream keys from their own config), but
  * clients may send arbitrary extra parameters, so they are scrubbed too.
  */
-const CONTENT_KEY = /^(prompt|suffix|messages|input)$/;
+/** Request content of every operation: prompts, chat messages (and predicted output), embedding inputs. */
+const CONTENT_KEY = /^(prompt|suffix|messages|prediction|input)$/;
 const SECRET_KEY =
   /(^|[_-])(api[_-]?key|apikey|key|secret|password|passwd|authorization|auth|cookie|access[_-]?token|refresh[_-]?token|token|credentials?)$/i;
 const SECRET_VALUE = /\b(sk-[A-Za-z0-9_-]{16,}|Bearer\s+\S+|Basic\s+[A-Za-z0-9+/=]{8,})/;

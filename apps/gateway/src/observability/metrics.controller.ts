@@ -1,8 +1,7 @@
-import { AdminCredentials, ApiError, AppConfig } from '@app/common';
+import { AdminCredentials, adminRefusal, AppConfig } from '@app/common';
 import { Controller, Get, Req, Res } from '@nestjs/common';
 import type { Request, Response } from 'express';
 import { Public } from '../auth/public.decorator';
-import { BASIC_CHALLENGE, requireAdmin } from './admin-challenge';
 import { GatewayMetrics } from './gateway-metrics';
 
 /**
@@ -26,15 +25,13 @@ export class MetricsController {
 
   @Get('metrics')
   async scrape(@Req() req: Request, @Res() res: Response): Promise<void> {
-    if (this.credentials !== undefined) {
-      try {
-        requireAdmin(this.credentials, req.headers.authorization, '/metrics');
-      } catch (err) {
-        if (err instanceof ApiError && err.status === 401) {
-          res.setHeader('www-authenticate', BASIC_CHALLENGE);
-        }
-        throw err;
+    const refusal =
+      this.credentials && adminRefusal(this.credentials, req.headers.authorization, { what: '/metrics', basic: true });
+    if (refusal) {
+      if (refusal.challenge !== undefined) {
+        res.setHeader('www-authenticate', refusal.challenge);
       }
+      throw refusal.error;
     }
     const body = await this.metrics.registry.metrics();
     res.setHeader('content-type', this.metrics.registry.contentType);

@@ -11,7 +11,7 @@ const REFRESH_MS = 500;
  * may overshoot the limit by at most half a second of arrivals.
  */
 @Injectable()
-export class QueueDepth implements OnModuleInit, OnApplicationShutdown {
+export class QueueDepthService implements OnModuleInit, OnApplicationShutdown {
   private waiting = 0;
   private timer?: NodeJS.Timeout;
 

@@ -13,7 +13,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import type Redis from 'ioredis';
 import { GatewayDrain } from '../health/gateway-drain';
 import { InjectRedis } from '../redis/redis.tokens';
-import { WorkerRegistry } from '../workers/worker-registry.service';
+import { WorkerRegistryService } from '../workers/worker-registry.service';
 import { AttemptOwnership } from './attempt-ownership';
 import { type RelayListener, RelaySession } from './relay-session';
 
@@ -50,7 +50,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   constructor(
     private readonly config: AppConfig,
     private readonly clock: Clock,
-    private readonly workers: WorkerRegistry,
+    private readonly workers: WorkerRegistryService,
     private readonly adapterHost: HttpAdapterHost,
     private readonly drain: GatewayDrain,
     @InjectRedis() redis: Redis,

@@ -10,9 +10,9 @@ import { InjectRedis } from '../redis/redis.tokens';
  * worker finishing later does not write a second record.
  */
 @Injectable()
-export class GatewayUsage implements OnModuleInit, OnApplicationShutdown {
+export class UsageService implements OnModuleInit, OnApplicationShutdown {
   readonly store: UsageStore;
-  private readonly logger = new Logger(GatewayUsage.name);
+  private readonly logger = new Logger(UsageService.name);
   /**
    * Records to write later unless a worker writes its own first, oldest first (they all
    * wait the same time). One list and one timer for all: a flood of disconnects costs no

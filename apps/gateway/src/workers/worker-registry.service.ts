@@ -13,8 +13,8 @@ const SEED_RETRY_MS = 1_000;
  * the workers' heartbeat set so a fresh gateway does not think it is alone.
  */
 @Injectable()
-export class WorkerRegistry implements OnModuleInit, OnApplicationShutdown {
-  private readonly logger = new Logger(WorkerRegistry.name);
+export class WorkerRegistryService implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger(WorkerRegistryService.name);
   private readonly lastSeen = new Map<string, { at: number; beat: WorkerHeartbeat }>();
   private stopped = false;
 

@@ -7,7 +7,7 @@ import {
   startFakeUpstream,
   type FakeUpstream,
 } from '../../../../test/support/fake-upstream';
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest, StreamEvent } from './llm-backend';
 import { OpenAICompatibleBackend } from './openai-compatible.backend';
 import { retryAfterMs } from './upstream-errors';
@@ -45,6 +45,7 @@ function deployment(over: Partial<Deployment> = {}): Deployment {
 
 function request(params: Record<string, unknown>, over: Partial<BackendRequest> = {}): BackendRequest {
   return {
+    op: 'completion',
     deployment: deployment(),
     params: { prompt: 'hello world', ...params },
     signal: new AbortController().signal,
@@ -74,7 +75,7 @@ function failure(p: Promise<unknown>): Promise<unknown> {
 }
 
 function chunks(events: StreamEvent[]): ChoiceDelta[] {
-  return events.flatMap((e) => (e.type === 'chunk' ? e.choices : []));
+  return events.flatMap((e) => (e.type === 'chunk' ? (e.choices as ChoiceDelta[]) : []));
 }
 
 function lastRequest() {
@@ -131,9 +132,10 @@ describe('OpenAICompatibleBackend: requests', () => {
   it('reads a non-stream body up to its limit intact (40 MB of text with escapes and astral characters)', async () => {
     const size = 40 * 1024 * 1024;
     const r = await backend.complete(request({ fake_text_bytes: size }));
-    expect(r.choices).toHaveLength(1);
-    expect(r.choices[0]?.text.length).toBe(size);
-    expect(r.choices[0]?.text === fakeBulkText(size, 0)).toBe(true);
+    const output = r.output as ChoiceDelta[];
+    expect(output).toHaveLength(1);
+    expect(output[0]?.text.length).toBe(size);
+    expect(output[0]?.text === fakeBulkText(size, 0)).toBe(true);
   });
 
   it('always asks a streaming upstream for usage', async () => {
@@ -179,7 +181,7 @@ describe('OpenAICompatibleBackend: requests', () => {
 describe('OpenAICompatibleBackend: responses', () => {
   it('normalises a non-stream response to the OpenAI choice fields', async () => {
     const res = await backend.complete(request({ prompt: ['a b', 'c'], n: 2, max_tokens: 2 }));
-    expect(res.choices).toEqual([
+    expect(res.output).toEqual([
       { index: 0, text: ' echo: a', logprobs: null, finish_reason: 'length' },
       { index: 1, text: ' echo: a', logprobs: null, finish_reason: 'length' },
       { index: 2, text: ' echo: c', logprobs: null, finish_reason: 'stop' },

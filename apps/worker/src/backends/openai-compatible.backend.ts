@@ -1,10 +1,12 @@
 import { Pool } from 'undici';
-import { type ChoiceDelta, type Deployment, pickUpstreamParams } from '@app/common';
-import { BackendError } from './backend-error';
+import { type Deployment, type OperationName, pickUpstreamParams, type StreamChoice } from '@app/common';
+import { BackendError } from './backend.error';
 import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from './llm-backend';
 import { parseJsonOrUndefined, readText, UpstreamCall } from './upstream-call';
 import { fromErrorFrame, isRecord, upstreamInvalid, upstreamProtocolError } from './upstream-errors';
-import { normaliseChunk, normaliseCompletion } from './upstream-normalize';
+import { normaliseChunk, normaliseCompletion, type ShapeError } from './upstream-normalize';
+import { chatChoicesAsChunks, chatStreamNormaliser, normaliseChatCompletion } from './upstream-normalize-chat';
+import { normaliseEmbeddings } from './upstream-normalize-embedding';
 import { sseMessages } from './upstream-sse';
 
 export interface OpenAICompatibleBackendOptions {
@@ -21,15 +23,23 @@ interface Target {
   path: string;
 }
 
+/** The route of each operation below the deployment's `api_base`. */
+const ROUTES: Readonly<Record<OperationName, string>> = {
+  completion: '/completions',
+  chat: '/chat/completions',
+  embedding: '/embeddings',
+};
+
 /**
- * Talks to OpenAI-compatible `/v1/completions` upstreams (vLLM, OpenAI, Ollama, llama.cpp)
- * and hands back OpenAI-normalised results. Only OpenAI's completion parameters and the
- * deployment's `extra_body_allowed` fields go upstream (see COMPLETION_PARAMS).
+ * Talks to OpenAI-compatible upstreams (vLLM, OpenAI, Ollama, llama.cpp) on the route of
+ * the request's operation (`/completions`, `/chat/completions`, `/embeddings`) and hands
+ * back OpenAI-normalised results. Only the operation's OpenAI parameters and the
+ * deployment's `extra_body_allowed` fields go upstream (see pickUpstreamParams).
  */
 export class OpenAICompatibleBackend implements LlmBackend {
   /** One keep-alive pool per origin, shared by every deployment that points there. */
   private readonly pools = new Map<string, Pool>();
-  /** apiBase → pool and request path, so a URL is parsed once per deployment, not per request. */
+  /** `op apiBase` → pool and request path, so a URL is parsed once per deployment and operation. */
   private readonly targets = new Map<string, Target>();
   private readonly idleTimeoutMs: number;
   private readonly maxResponseBytes: number;
@@ -42,7 +52,7 @@ export class OpenAICompatibleBackend implements LlmBackend {
   async complete(req: BackendRequest): Promise<BackendResult> {
     const call = new UpstreamCall(req, false, this.idleTimeoutMs);
     try {
-      const { pool, path } = this.target(req.deployment);
+      const { pool, path } = this.target(req.deployment, req.op);
       const res = await call.send(pool, path, upstreamBody(req, false));
       const { text, truncated } = await readText(res.body, this.maxResponseBytes);
       if (truncated) {
@@ -52,7 +62,7 @@ export class OpenAICompatibleBackend implements LlmBackend {
       if (body === undefined) {
         throw upstreamInvalid('the body is not JSON');
       }
-      return normaliseCompletion(body);
+      return normaliseResult(req.op, body);
     } catch (err) {
       throw call.failure(err);
     } finally {
@@ -61,13 +71,20 @@ export class OpenAICompatibleBackend implements LlmBackend {
   }
 
   async *stream(req: BackendRequest): AsyncGenerator<StreamEvent> {
+    if (req.op === 'embedding') {
+      // The runner never streams embeddings; calling the upstream this way would only confuse it.
+      throw new BackendError(400, 'embeddings cannot be streamed', 'invalid_request_error', false, 'stream');
+    }
     const call = new UpstreamCall(req, true, this.idleTimeoutMs);
+    // Per request: the chat normaliser remembers which choices have had their first delta.
+    const normaliseFrame: (frame: unknown, shapeError: ShapeError) => StreamEvent | null =
+      req.op === 'chat' ? chatStreamNormaliser() : normaliseChunk;
     try {
-      const { pool, path } = this.target(req.deployment);
+      const { pool, path } = this.target(req.deployment, req.op);
       const res = await call.send(pool, path, upstreamBody(req, true));
       if (isJsonResponse(res.headers['content-type'])) {
         // Some servers ignore `stream: true` (or fail with a JSON error on a 200).
-        yield* this.wholeResponseAsStream(await readText(res.body, this.maxResponseBytes));
+        yield* wholeResponseAsStream(req.op, await readText(res.body, this.maxResponseBytes));
         return;
       }
       const read = call.reader(res.body);
@@ -79,7 +96,7 @@ export class OpenAICompatibleBackend implements LlmBackend {
         if (message.event === 'error') {
           throw fromErrorFrame(isRecord(frame) && isRecord(frame.error) ? frame.error : frame);
         }
-        const event = normaliseChunk(frame, upstreamProtocolError);
+        const event = normaliseFrame(frame, upstreamProtocolError);
         if (event !== null) {
           yield event;
         }
@@ -100,27 +117,13 @@ export class OpenAICompatibleBackend implements LlmBackend {
     await Promise.all(pools.map((p) => p.destroy()));
   }
 
-  private *wholeResponseAsStream(body: { text: string; truncated: boolean }): Generator<StreamEvent> {
-    const parsed = body.truncated ? undefined : parseJsonOrUndefined(body.text);
-    if (parsed === undefined) {
-      throw upstreamInvalid('the body is not JSON');
-    }
-    const result = normaliseCompletion(parsed);
-    const choices = result.output as ChoiceDelta[];
-    yield result.system_fingerprint === undefined
-      ? { type: 'chunk', choices }
-      : { type: 'chunk', choices, system_fingerprint: result.system_fingerprint };
-    if (result.usage !== null) {
-      yield { type: 'usage', usage: result.usage };
-    }
-  }
-
-  private target(d: Deployment): Target {
+  private target(d: Deployment, op: OperationName): Target {
     if (d.apiBase === undefined) {
       // Config validation requires api_base for openai/ deployments; this is a programming error.
       throw new BackendError(500, `deployment ${d.id} has no api_base`, 'server_error', true);
     }
-    let target = this.targets.get(d.apiBase);
+    const key = `${op} ${d.apiBase}`;
+    let target = this.targets.get(key);
     if (target === undefined) {
       const url = new URL(d.apiBase);
       let pool = this.pools.get(url.origin);
@@ -128,10 +131,56 @@ export class OpenAICompatibleBackend implements LlmBackend {
         pool = new Pool(url.origin, { connections: this.options.connectionsPerOrigin ?? null });
         this.pools.set(url.origin, pool);
       }
-      target = { pool, path: `${url.pathname.replace(/\/+$/, '')}/completions${url.search}` };
-      this.targets.set(d.apiBase, target);
+      target = { pool, path: `${url.pathname.replace(/\/+$/, '')}${ROUTES[op]}${url.search}` };
+      this.targets.set(key, target);
     }
     return target;
+  }
+}
+
+function normaliseResult(op: OperationName, body: unknown): BackendResult {
+  switch (op) {
+    case 'completion':
+      return normaliseCompletion(body);
+    case 'chat':
+      return normaliseChatCompletion(body);
+    case 'embedding':
+      return normaliseEmbeddings(body);
+  }
+}
+
+/**
+ * A JSON answer to a stream request, as the events the stream would have carried: one
+ * chunk with the whole completion choices, or for chat the content chunk and the finish
+ * chunk (see chatChoicesAsChunks), then usage.
+ */
+function* wholeResponseAsStream(
+  op: 'completion' | 'chat',
+  body: { text: string; truncated: boolean },
+): Generator<StreamEvent> {
+  const parsed = body.truncated ? undefined : parseJsonOrUndefined(body.text);
+  if (parsed === undefined) {
+    throw upstreamInvalid('the body is not JSON');
+  }
+  let result: BackendResult;
+  let chunks: StreamChoice[][];
+  if (op === 'chat') {
+    const chat = normaliseChatCompletion(parsed);
+    result = chat;
+    chunks = chatChoicesAsChunks(chat.output);
+  } else {
+    const text = normaliseCompletion(parsed);
+    result = text;
+    chunks = [text.output];
+  }
+  const fingerprint = result.system_fingerprint;
+  for (const choices of chunks) {
+    yield fingerprint === undefined
+      ? { type: 'chunk', choices }
+      : { type: 'chunk', choices, system_fingerprint: fingerprint };
+  }
+  if (result.usage !== null) {
+    yield { type: 'usage', usage: result.usage };
   }
 }
 
@@ -140,10 +189,16 @@ export class OpenAICompatibleBackend implements LlmBackend {
  * fields the gateway owns set here. Everything else is dropped even if a gateway let it
  * through (an older gateway, a job written by hand): the upstream's surface is the
  * operator's decision. Usage is always requested on streams: accounting needs it.
+ * Embeddings have no stream fields at all (OpenAI rejects unknown ones).
  */
 function upstreamBody(req: BackendRequest, stream: boolean): string {
   const body = pickUpstreamParams(req.op, req.params, req.deployment.extraBodyAllowed);
   body.model = req.deployment.upstreamModel;
+  if (req.op === 'embedding') {
+    delete body.stream;
+    delete body.stream_options;
+    return JSON.stringify(body);
+  }
   body.stream = stream;
   if (stream) {
     body.stream_options = { include_usage: true };

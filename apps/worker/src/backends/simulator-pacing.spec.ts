@@ -23,7 +23,7 @@ const prompt = Array.from({ length: 2_048 }, (_, i) => `w${i}`).join(' ');
 const big = { prompt, n: 128, max_tokens: 4_096, logprobs: 5 };
 
 function request(params: Record<string, unknown>, signal = new AbortController().signal): BackendRequest {
-  return { deployment, params, signal, deadline: Date.now() + 120_000 };
+  return { op: 'completion', deployment, params, signal, deadline: Date.now() + 120_000 };
 }
 
 const MAX_GAP_MS = 500;
@@ -72,7 +72,7 @@ describe('SimulatorBackend: lazy and fair', () => {
   it('builds a huge non-stream answer in slices too', async () => {
     const sim = new SimulatorBackend();
     const { gap, result } = await maxBlockMs(() => sim.complete(request({ ...big, logprobs: 1 })));
-    expect(result.choices).toHaveLength(128);
+    expect(result.output).toHaveLength(128);
     expect(result.usage?.completion_tokens).toBe(128 * 2_048);
     expect(gap).toBeLessThan(MAX_GAP_MS);
   }, 60_000);

@@ -1,4 +1,4 @@
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 
 /**
  * The completion parameters the simulator honours, checked and defaulted. The gateway
@@ -55,7 +55,7 @@ function parsePrompts(prompt: unknown): string[] {
   throw invalid('prompt must be a string, an array of strings, an array of token ids or an array of those', 'prompt');
 }
 
-function parseStop(stop: unknown): string[] {
+export function parseStop(stop: unknown): string[] {
   if (stop === undefined || stop === null) {
     return [];
   }
@@ -67,15 +67,15 @@ function parseStop(stop: unknown): string[] {
   return list.filter((s) => s !== '');
 }
 
-function isTokenId(v: unknown): v is number {
+export function isTokenId(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0;
 }
 
-function tokenText(ids: number[]): string {
+export function tokenText(ids: number[]): string {
   return ids.map((k) => `t${k}`).join(' ');
 }
 
-function int(v: unknown, param: string, fallback: number, min: number, max: number): number {
+export function int(v: unknown, param: string, fallback: number, min: number, max: number): number {
   if (v === undefined || v === null) {
     return fallback;
   }
@@ -85,7 +85,7 @@ function int(v: unknown, param: string, fallback: number, min: number, max: numb
   return v;
 }
 
-function bool(v: unknown, param: string): boolean {
+export function bool(v: unknown, param: string): boolean {
   if (v === undefined || v === null) {
     return false;
   }
@@ -95,6 +95,6 @@ function bool(v: unknown, param: string): boolean {
   return v;
 }
 
-function invalid(message: string, param: string): BackendError {
+export function invalid(message: string, param: string): BackendError {
   return new BackendError(400, message, 'invalid_request_error', false, param);
 }

@@ -110,18 +110,40 @@ export class ChoiceGenerator {
   private readonly lp: { top: number; rng: () => number } | null;
   private offset = 0;
 
-  constructor(upstreamModel: string, p: SimParams, prompt: string, words: string[], promptIdx: number, c: number) {
+  /**
+   * `chat`: the text is a message's content, so its first word has no leading space (a
+   * completion continues its prompt, hence the space there). The words are the same.
+   */
+  constructor(
+    upstreamModel: string,
+    p: SimParams,
+    prompt: string,
+    words: string[],
+    promptIdx: number,
+    c: number,
+    chat = false,
+  ) {
     this.index = promptIdx * p.n + c;
     const seedText = JSON.stringify([upstreamModel, prompt, c, p.seed]);
+    let word: () => string;
     if (upstreamModel === 'echo') {
       let i = 0;
-      this.natural = () => ` ${words[i++] ?? ''}`;
+      word = () => words[i++] ?? '';
       this.naturalLength = words.length;
     } else {
       const rng = prng(`${seedText}:text`);
       this.naturalLength = MIN_NATURAL_TOKENS + Math.floor(rng() * (MAX_NATURAL_TOKENS - MIN_NATURAL_TOKENS + 1));
-      this.natural = () => ` ${pick(rng)}`;
+      word = () => pick(rng);
     }
+    let first = chat;
+    this.natural = () => {
+      const w = word();
+      if (first) {
+        first = false;
+        return w;
+      }
+      return ` ${w}`;
+    };
     this.limit = Math.min(p.maxTokens, this.naturalLength);
     this.stops = p.stop;
     this.maxStop = p.stop.reduce((m, s) => Math.max(m, s.length), 0);
@@ -247,12 +269,12 @@ function round(x: number): number {
   return Math.round(x * 1e4) / 1e4;
 }
 
-function pick(rng: () => number): string {
+export function pick(rng: () => number): string {
   return VOCABULARY[Math.floor(rng() * VOCABULARY.length)] ?? 'the';
 }
 
 /** sfc32 seeded from sha256(seed): small, fast, and the same on every platform. */
-function prng(seed: string): () => number {
+export function prng(seed: string): () => number {
   const digest = createHash('sha256').update(seed).digest();
   let a = digest.readUInt32LE(0);
   let b = digest.readUInt32LE(4);

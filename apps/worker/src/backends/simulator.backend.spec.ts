@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ChoiceDelta, Deployment, Usage } from '@app/common';
-import { BackendError } from './backend-error';
-import type { BackendRequest, StreamEvent } from './llm-backend';
+import { BackendError } from './backend.error';
+import type { BackendRequest, BackendResult, StreamEvent } from './llm-backend';
 import { SimulatorBackend } from './simulator.backend';
 
 function deployment(upstreamModel: string, ttftMs = 0, itlMs = 0): Deployment {
@@ -14,6 +14,7 @@ function request(
   extra: Partial<Omit<BackendRequest, 'params'>> = {},
 ): BackendRequest {
   return {
+    op: 'completion',
     deployment: deployment(upstreamModel),
     params,
     signal: new AbortController().signal,
@@ -46,7 +47,7 @@ async function collect(stream: AsyncIterable<StreamEvent>): Promise<StreamEvent[
 }
 
 function chunks(events: StreamEvent[]): ChoiceDelta[] {
-  return events.flatMap((e) => (e.type === 'chunk' ? e.choices : []));
+  return events.flatMap((e) => (e.type === 'chunk' ? (e.choices as ChoiceDelta[]) : []));
 }
 
 /** Joins streamed deltas per choice index into whole choices, as a client would. */
@@ -69,16 +70,23 @@ function usageOf(events: StreamEvent[]): Usage | undefined {
 
 const sim = new SimulatorBackend();
 
+/** A completion's result, typed as one: `output` holds text choices. */
+type TextResult = Omit<BackendResult, 'output'> & { output: ChoiceDelta[] };
+
+function complete(req: BackendRequest): Promise<TextResult> {
+  return sim.complete(req) as Promise<TextResult>;
+}
+
 describe('SimulatorBackend: echo model', () => {
   it('emits each prompt word as one token and stops', async () => {
-    const res = await sim.complete(request('echo', { prompt: 'hello big  world' }));
-    expect(res.choices).toEqual([{ index: 0, text: ' hello big world', logprobs: null, finish_reason: 'stop' }]);
+    const res = await complete(request('echo', { prompt: 'hello big  world' }));
+    expect(res.output).toEqual([{ index: 0, text: ' hello big world', logprobs: null, finish_reason: 'stop' }]);
     expect(res.usage).toEqual({ prompt_tokens: 3, completion_tokens: 3, total_tokens: 6 });
   });
 
   it('truncates at max_tokens with finish_reason length', async () => {
-    const res = await sim.complete(request('echo', { prompt: 'a b c d', max_tokens: 2 }));
-    expect(res.choices[0]).toMatchObject({ text: ' a b', finish_reason: 'length' });
+    const res = await complete(request('echo', { prompt: 'a b c d', max_tokens: 2 }));
+    expect(res.output[0]).toMatchObject({ text: ' a b', finish_reason: 'length' });
     expect(res.usage?.completion_tokens).toBe(2);
   });
 
@@ -90,12 +98,12 @@ describe('SimulatorBackend: echo model', () => {
   });
 
   it('reads token-id prompts as t<k> words, int[] being one prompt and int[][] a batch', async () => {
-    const one = await sim.complete(request('echo', { prompt: [1, 2, 3] }));
-    expect(one.choices).toHaveLength(1);
-    expect(one.choices[0]?.text).toBe(' t1 t2 t3');
+    const one = await complete(request('echo', { prompt: [1, 2, 3] }));
+    expect(one.output).toHaveLength(1);
+    expect(one.output[0]?.text).toBe(' t1 t2 t3');
     expect(one.usage?.prompt_tokens).toBe(3);
-    const batch = await sim.complete(request('echo', { prompt: [[7], [8, 9]] }));
-    expect(batch.choices.map((c) => c.text)).toEqual([' t7', ' t8 t9']);
+    const batch = await complete(request('echo', { prompt: [[7], [8, 9]] }));
+    expect(batch.output.map((c) => c.text)).toEqual([' t7', ' t8 t9']);
     expect(batch.usage?.prompt_tokens).toBe(3);
   });
 });
@@ -103,17 +111,17 @@ describe('SimulatorBackend: echo model', () => {
 describe('SimulatorBackend: random model', () => {
   it('is deterministic, and the stream has the same text as the non-stream answer', async () => {
     const params = { prompt: 'tell me a story', max_tokens: 100, seed: 7 };
-    const a = await sim.complete(request('llama', params));
-    const b = await sim.complete(request('llama', params));
+    const a = await complete(request('llama', params));
+    const b = await complete(request('llama', params));
     expect(a).toEqual(b);
     const streamed = merge(await collect(sim.stream(request('llama', params))));
-    expect(streamed.get(0)?.text).toBe(a.choices[0]?.text);
-    expect(streamed.get(0)?.finish).toBe(a.choices[0]?.finish_reason);
+    expect(streamed.get(0)?.text).toBe(a.output[0]?.text);
+    expect(streamed.get(0)?.finish).toBe(a.output[0]?.finish_reason);
   });
 
   it('depends on the seed, the model name and the prompt', async () => {
     const text = async (model: string, params: Record<string, unknown>) =>
-      (await sim.complete(request(model, { max_tokens: 64, ...params }))).choices[0]?.text;
+      (await complete(request(model, { max_tokens: 64, ...params }))).output[0]?.text;
     const base = await text('llama', { prompt: 'p', seed: 1 });
     expect(await text('llama', { prompt: 'p', seed: 2 })).not.toBe(base);
     expect(await text('mistral', { prompt: 'p', seed: 1 })).not.toBe(base);
@@ -123,8 +131,8 @@ describe('SimulatorBackend: random model', () => {
   it('has a natural length of 8 to 64 tokens ending in stop', async () => {
     const lengths: number[] = [];
     for (let i = 0; i < 30; i++) {
-      const res = await sim.complete(request('llama', { prompt: `prompt ${i}`, max_tokens: 1000 }));
-      expect(res.choices[0]?.finish_reason).toBe('stop');
+      const res = await complete(request('llama', { prompt: `prompt ${i}`, max_tokens: 1000 }));
+      expect(res.output[0]?.finish_reason).toBe('stop');
       lengths.push(res.usage?.completion_tokens ?? -1);
     }
     expect(Math.min(...lengths)).toBeGreaterThanOrEqual(8);
@@ -134,27 +142,27 @@ describe('SimulatorBackend: random model', () => {
 
   it('defaults max_tokens (absent or null) to 16, cutting with length', async () => {
     // seed 3 of this prompt has a natural length above 16 (checked by the first assertion).
-    const long = await sim.complete(request('llama', { prompt: 'x', seed: 3, max_tokens: 1000 }));
+    const long = await complete(request('llama', { prompt: 'x', seed: 3, max_tokens: 1000 }));
     expect(long.usage?.completion_tokens).toBeGreaterThan(16);
     for (const max_tokens of [undefined, null]) {
-      const res = await sim.complete(request('llama', { prompt: 'x', seed: 3, max_tokens }));
+      const res = await complete(request('llama', { prompt: 'x', seed: 3, max_tokens }));
       expect(res.usage?.completion_tokens).toBe(16);
-      expect(res.choices[0]?.finish_reason).toBe('length');
-      expect(long.choices[0]?.text.startsWith(res.choices[0]?.text ?? '?')).toBe(true);
+      expect(res.output[0]?.finish_reason).toBe('length');
+      expect(long.output[0]?.text.startsWith(res.output[0]?.text ?? '?')).toBe(true);
     }
   });
 
   it('does not let echo or logprobs change the generated text', async () => {
-    const plain = (await sim.complete(request('llama', { prompt: 'same', seed: 5 }))).choices[0]?.text ?? '';
-    const decorated = await sim.complete(request('llama', { prompt: 'same', seed: 5, echo: true, logprobs: 3 }));
-    expect(decorated.choices[0]?.text).toBe(`same${plain}`);
+    const plain = (await complete(request('llama', { prompt: 'same', seed: 5 }))).output[0]?.text ?? '';
+    const decorated = await complete(request('llama', { prompt: 'same', seed: 5, echo: true, logprobs: 3 }));
+    expect(decorated.output[0]?.text).toBe(`same${plain}`);
   });
 });
 
 describe('SimulatorBackend: n and several prompts', () => {
   it('returns len(prompts) x n choices indexed prompt-major, usage counted once per prompt', async () => {
-    const res = await sim.complete(request('echo', { prompt: ['a b', 'c'], n: 2 }));
-    expect(res.choices.map((c) => [c.index, c.text])).toEqual([
+    const res = await complete(request('echo', { prompt: ['a b', 'c'], n: 2 }));
+    expect(res.output.map((c) => [c.index, c.text])).toEqual([
       [0, ' a b'],
       [1, ' a b'],
       [2, ' c'],
@@ -164,8 +172,8 @@ describe('SimulatorBackend: n and several prompts', () => {
   });
 
   it('gives the n choices of one prompt different random texts', async () => {
-    const res = await sim.complete(request('llama', { prompt: 'hi', n: 3 }));
-    expect(new Set(res.choices.map((c) => c.text)).size).toBe(3);
+    const res = await complete(request('llama', { prompt: 'hi', n: 3 }));
+    expect(new Set(res.output.map((c) => c.text)).size).toBe(3);
   });
 
   it('interleaves choices one per chunk, each ending with its finish_reason', async () => {
@@ -186,8 +194,8 @@ describe('SimulatorBackend: n and several prompts', () => {
 
 describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
   it('echo prepends the prompt, in the first chunk when streaming', async () => {
-    const res = await sim.complete(request('echo', { prompt: 'one two', echo: true }));
-    expect(res.choices[0]?.text).toBe('one two one two');
+    const res = await complete(request('echo', { prompt: 'one two', echo: true }));
+    expect(res.output[0]?.text).toBe('one two one two');
     const events = await collect(sim.stream(request('echo', { prompt: 'one two', echo: true, n: 2 })));
     expect(
       chunks(events)
@@ -197,16 +205,16 @@ describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
   });
 
   it('max_tokens 0 with echo returns the prompt only; without echo an empty text', async () => {
-    const echoed = await sim.complete(request('llama', { prompt: 'just this', echo: true, max_tokens: 0 }));
-    expect(echoed.choices[0]).toMatchObject({ text: 'just this', finish_reason: 'length' });
+    const echoed = await complete(request('llama', { prompt: 'just this', echo: true, max_tokens: 0 }));
+    expect(echoed.output[0]).toMatchObject({ text: 'just this', finish_reason: 'length' });
     expect(echoed.usage?.completion_tokens).toBe(0);
     const events = await collect(sim.stream(request('llama', { prompt: 'p', max_tokens: 0 })));
     expect(chunks(events)).toEqual([{ index: 0, text: '', logprobs: null, finish_reason: 'length' }]);
   });
 
   it('stop ends before the first occurrence, excluding the stop text', async () => {
-    const res = await sim.complete(request('echo', { prompt: 'one two three four', stop: [' three', 'zzz'] }));
-    expect(res.choices[0]).toMatchObject({ text: ' one two', finish_reason: 'stop' });
+    const res = await complete(request('echo', { prompt: 'one two three four', stop: [' three', 'zzz'] }));
+    expect(res.output[0]).toMatchObject({ text: ' one two', finish_reason: 'stop' });
     // The token that completed the stop sequence was generated, so it is counted.
     expect(res.usage?.completion_tokens).toBe(3);
   });
@@ -218,19 +226,19 @@ describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
     expect(texts.join('')).toBe(' one tw');
     expect(texts.some((t) => t.includes('o th') || t.includes('th'))).toBe(false);
     expect(chunks(events).at(-1)?.finish_reason).toBe('stop');
-    expect((await sim.complete(request('echo', params))).choices[0]?.text).toBe(' one tw');
+    expect((await complete(request('echo', params))).output[0]?.text).toBe(' one tw');
   });
 
   it('the stop sequence that completes first wins, even if another starts earlier', async () => {
-    const res = await sim.complete(request('echo', { prompt: 'a b c d', stop: [' a b c d', ' b'] }));
-    expect(res.choices[0]?.text).toBe(' a');
+    const res = await complete(request('echo', { prompt: 'a b c d', stop: [' a b c d', ' b'] }));
+    expect(res.output[0]?.text).toBe(' a');
   });
 
   it('logprobs: one entry per token with logprobs+1 alternatives and offsets into the text', async () => {
-    const res = await sim.complete(request('llama', { prompt: 'q', logprobs: 2, max_tokens: 5 }));
-    const lp = res.choices[0]?.logprobs;
+    const res = await complete(request('llama', { prompt: 'q', logprobs: 2, max_tokens: 5 }));
+    const lp = res.output[0]?.logprobs;
     expect(lp).not.toBeNull();
-    expect(lp?.tokens.join('')).toBe(res.choices[0]?.text);
+    expect(lp?.tokens.join('')).toBe(res.output[0]?.text);
     expect(lp?.tokens).toHaveLength(5);
     expect(lp?.token_logprobs.every((x) => typeof x === 'number' && x <= 0)).toBe(true);
     for (const [i, top] of (lp?.top_logprobs ?? []).entries()) {
@@ -245,8 +253,8 @@ describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
   });
 
   it('logprobs 0 keeps only the sampled token; echo adds the prompt with a null first entry', async () => {
-    const res = await sim.complete(request('llama', { prompt: 'a b', logprobs: 0, echo: true, max_tokens: 2 }));
-    const lp = res.choices[0]?.logprobs;
+    const res = await complete(request('llama', { prompt: 'a b', logprobs: 0, echo: true, max_tokens: 2 }));
+    const lp = res.output[0]?.logprobs;
     expect(lp?.tokens.slice(0, 2)).toEqual(['a', ' b']);
     expect(lp?.token_logprobs[0]).toBeNull();
     expect(lp?.top_logprobs?.[0]).toBeNull();
@@ -255,17 +263,17 @@ describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
 
   it('streamed logprobs add up to the non-stream ones', async () => {
     const params = { prompt: 'p q', logprobs: 1, echo: true, n: 2, max_tokens: 4 };
-    const whole = await sim.complete(request('llama', params));
+    const whole = await complete(request('llama', params));
     const streamed = merge(await collect(sim.stream(request('llama', params))));
-    for (const c of whole.choices) {
+    for (const c of whole.output) {
       expect(streamed.get(c.index)?.tokens).toEqual(c.logprobs?.tokens);
       expect(streamed.get(c.index)?.text).toBe(c.text);
     }
   });
 
   it('accepts suffix without adding it to the text', async () => {
-    const res = await sim.complete(request('echo', { prompt: 'a', suffix: 'THE END' }));
-    expect(res.choices[0]?.text).toBe(' a');
+    const res = await complete(request('echo', { prompt: 'a', suffix: 'THE END' }));
+    expect(res.output[0]?.text).toBe(' a');
   });
 
   it.each([
@@ -276,7 +284,7 @@ describe('SimulatorBackend: echo, stop, logprobs, suffix', () => {
     [{ prompt: { text: 'x' } }, 'prompt'],
     [{ prompt: [] }, 'prompt'],
   ])('rejects invalid parameters %j with a 400 naming %s', async (params, param) => {
-    const err: unknown = await sim.complete(request('echo', params)).catch((e: unknown) => e);
+    const err: unknown = await complete(request('echo', params)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BackendError);
     expect(err).toMatchObject({ status: 400, type: 'invalid_request_error', param, failover: false });
   });
@@ -286,7 +294,12 @@ describe('SimulatorBackend: timing, deadline, abort', () => {
   it('waits ttft before the first token and itl between tokens; complete waits the same total', async () => {
     const { backend, state } = virtualTime();
     const d = deployment('echo', 100, 10);
-    const base = { deployment: d, params: { prompt: 'a b c' }, signal: new AbortController().signal };
+    const base = {
+      op: 'completion' as const,
+      deployment: d,
+      params: { prompt: 'a b c' },
+      signal: new AbortController().signal,
+    };
     const start = state.now;
     await collect(backend.stream({ ...base, deadline: start + 10_000 }));
     expect(state.sleeps).toEqual([100, 10, 10]);
@@ -299,7 +312,7 @@ describe('SimulatorBackend: timing, deadline, abort', () => {
   it('really takes about ttft + itl x (tokens - 1)', async () => {
     const req = { ...request('echo', { prompt: 'a b c d' }), deployment: deployment('echo', 40, 20) };
     const t0 = performance.now();
-    await sim.complete(req);
+    await complete(req);
     expect(performance.now() - t0).toBeGreaterThanOrEqual(95);
   });
 

@@ -1,5 +1,5 @@
 import type { Dispatcher, Pool } from 'undici';
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 import type { BackendRequest } from './llm-backend';
 import {
   fromUpstreamStatus,

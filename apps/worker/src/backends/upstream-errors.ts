@@ -1,4 +1,4 @@
-import { BackendError } from './backend-error';
+import { BackendError } from './backend.error';
 
 /**
  * Turns everything an OpenAI-compatible upstream can fail with into a {@link BackendError}

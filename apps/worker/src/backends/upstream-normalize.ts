@@ -1,19 +1,35 @@
-import type { ChoiceDelta, FinishReason, Logprobs, Usage } from '@app/common';
-import type { BackendError } from './backend-error';
+import type { ChoiceDelta, FinishReason, Logprobs, ResultItem, StreamChoice, Usage } from '@app/common';
+import type { BackendError } from './backend.error';
 import type { BackendResult, StreamEvent } from './llm-backend';
 import { fromErrorFrame, isRecord, upstreamGenerationFailed, upstreamInvalid } from './upstream-errors';
 
 /**
  * Validates upstream completion objects and reduces them to exactly the OpenAI fields we
- * relay. vLLM adds `stop_reason`, `token_ids`, `prompt_logprobs`…; those must not reach
+ * relay (the envelope helpers here serve chat too, see upstream-normalize-chat.ts). vLLM adds `stop_reason`, `token_ids`, `prompt_logprobs`…; those must not reach
  * the client, and a wrong shape must fail here rather than deep inside the gateway.
  */
 
 /** The failure to throw for a wrong shape; the stream and non-stream paths word it differently. */
-type ShapeError = (detail: string) => BackendError;
+export type ShapeError = (detail: string) => BackendError;
 
-/** A whole non-stream response body. */
-export function normaliseCompletion(body: unknown): BackendResult {
+/** Validates one upstream choice (whole or delta) and keeps only the fields we relay. */
+export type ChoiceNormaliser<C> = (raw: unknown, shapeError: ShapeError) => C;
+
+/** A whole non-stream completion response body. */
+export function normaliseCompletion(body: unknown): BackendResult & { output: ChoiceDelta[] } {
+  return normaliseResponse(body, normaliseChoice);
+}
+
+/** One parsed completion stream frame (see {@link normaliseFrame}). */
+export function normaliseChunk(frame: unknown, shapeError: ShapeError): StreamEvent | null {
+  return normaliseFrame(frame, shapeError, normaliseChoice);
+}
+
+/** A whole non-stream body with a `choices` array (completions, chat), each choice checked by `choice`. */
+export function normaliseResponse<C extends ResultItem>(
+  body: unknown,
+  choice: ChoiceNormaliser<C>,
+): BackendResult & { output: C[] } {
   if (!isRecord(body)) {
     throw upstreamInvalid('the body is not a JSON object');
   }
@@ -23,8 +39,8 @@ export function normaliseCompletion(body: unknown): BackendResult {
   if (!Array.isArray(body.choices)) {
     throw upstreamInvalid('no choices array');
   }
-  const choices = body.choices.map((c: unknown) => normaliseChoice(c, upstreamInvalid));
-  const result: BackendResult = { output: choices, usage: parseUsage(body.usage, upstreamInvalid) };
+  const choices = body.choices.map((c: unknown) => choice(c, upstreamInvalid));
+  const result: BackendResult & { output: C[] } = { output: choices, usage: parseUsage(body.usage, upstreamInvalid) };
   if (typeof body.system_fingerprint === 'string') {
     result.system_fingerprint = body.system_fingerprint;
   }
@@ -35,7 +51,11 @@ export function normaliseCompletion(body: unknown): BackendResult {
  * One parsed stream frame → the event to yield, or null for a frame with nothing to relay
  * (e.g. `choices: []` without usage). Throws on an error frame or a wrong shape.
  */
-export function normaliseChunk(frame: unknown, shapeError: ShapeError): StreamEvent | null {
+export function normaliseFrame(
+  frame: unknown,
+  shapeError: ShapeError,
+  choice: ChoiceNormaliser<StreamChoice>,
+): StreamEvent | null {
   if (!isRecord(frame)) {
     throw shapeError('a frame is not a JSON object');
   }
@@ -50,20 +70,27 @@ export function normaliseChunk(frame: unknown, shapeError: ShapeError): StreamEv
     const usage = parseUsage(frame.usage, shapeError);
     return usage === null ? null : { type: 'usage', usage };
   }
-  const choices = frame.choices.map((c: unknown) => normaliseChoice(c, shapeError));
+  const choices = frame.choices.map((c: unknown) => choice(c, shapeError));
   return typeof frame.system_fingerprint === 'string'
     ? { type: 'chunk', choices, system_fingerprint: frame.system_fingerprint }
     : { type: 'chunk', choices };
+}
+
+/** A choice's `index`: a non-negative integer. */
+export function choiceIndex(raw: Record<string, unknown>, shapeError: ShapeError): number {
+  const { index } = raw;
+  if (typeof index !== 'number' || !Number.isInteger(index) || index < 0) {
+    throw shapeError('a choice has no valid index');
+  }
+  return index;
 }
 
 function normaliseChoice(raw: unknown, shapeError: ShapeError): ChoiceDelta {
   if (!isRecord(raw)) {
     throw shapeError('a choice is not an object');
   }
-  const { index, text } = raw;
-  if (typeof index !== 'number' || !Number.isInteger(index) || index < 0) {
-    throw shapeError('a choice has no valid index');
-  }
+  const index = choiceIndex(raw, shapeError);
+  const { text } = raw;
   if (typeof text !== 'string') {
     throw shapeError('a choice has no text');
   }
@@ -98,7 +125,7 @@ function finishReason(raw: unknown, shapeError: ShapeError): FinishReason | null
   }
 }
 
-function parseUsage(raw: unknown, shapeError: ShapeError): Usage | null {
+export function parseUsage(raw: unknown, shapeError: ShapeError): Usage | null {
   if (raw === undefined || raw === null) {
     return null;
   }

@@ -68,4 +68,3 @@ export class CancellationRegistry implements OnModuleInit {
     return this.running.size;
   }
 }
-

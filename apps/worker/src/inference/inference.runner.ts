@@ -14,13 +14,13 @@ import {
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
 import type Redis from 'ioredis';
-import { BackendError } from '../backends/backend-error';
-import { BackendRegistry } from '../backends/backend-registry';
+import { BackendError } from '../backends/backend.error';
+import { BackendRegistry } from '../backends/backend.registry';
 import type { BackendRequest } from '../backends/llm-backend';
 import { CancellationRegistry } from '../control/cancellation.registry';
 import { InjectPublisher } from '../tokens';
 import { jobUsageRecord } from '../usage/job-usage';
-import { WorkerUsage } from '../usage/worker-usage.service';
+import { WorkerUsageService } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
 import { DeploymentPicker } from './deployment.picker';
 import { jobFailure } from './job-failure';
@@ -44,7 +44,7 @@ export class InferenceRunner {
     private readonly identity: WorkerIdentity,
     private readonly cancellations: CancellationRegistry,
     private readonly backends: BackendRegistry,
-    private readonly usage: WorkerUsage,
+    private readonly usage: WorkerUsageService,
     private readonly picker: DeploymentPicker,
     private readonly watchdog: JobWatchdog,
     @InjectPublisher() private readonly redis: Redis,
@@ -191,7 +191,8 @@ export class InferenceRunner {
   }
 
   private request(data: CompletionJobData, d: Deployment, signal: AbortSignal): BackendRequest {
-    const deadline = d.timeoutMs === undefined ? data.deadline : Math.min(data.deadline, this.clock.now() + d.timeoutMs);
+    const deadline =
+      d.timeoutMs === undefined ? data.deadline : Math.min(data.deadline, this.clock.now() + d.timeoutMs);
     return { op: data.op, deployment: d, params: data.params, signal, deadline };
   }
 }

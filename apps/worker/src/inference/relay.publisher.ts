@@ -107,10 +107,15 @@ export class RelayPublisher {
   async sendResult(result: ResultPayload, signal: AbortSignal): Promise<void> {
     const raw = JSON.stringify(result.output);
     const fingerprint =
-      result.system_fingerprint === undefined ? '' : `,"system_fingerprint":${JSON.stringify(result.system_fingerprint)}`;
+      result.system_fingerprint === undefined
+        ? ''
+        : `,"system_fingerprint":${JSON.stringify(result.system_fingerprint)}`;
     const tail = `,"usage":${JSON.stringify(result.usage)}${fingerprint},${this.envelope()}}`;
     // UTF-16 length × 3 bounds the UTF-8 size: most results are measured without a scan.
-    if (raw.length * 3 + tail.length <= RELAY_PART_MAX_BYTES || Buffer.byteLength(raw) + tail.length <= RELAY_PART_MAX_BYTES) {
+    if (
+      raw.length * 3 + tail.length <= RELAY_PART_MAX_BYTES ||
+      Buffer.byteLength(raw) + tail.length <= RELAY_PART_MAX_BYTES
+    ) {
       this.seq += 1;
       this.publish(`{"t":"result","output":${raw}${tail}`);
       return;

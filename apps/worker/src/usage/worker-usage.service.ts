@@ -13,8 +13,8 @@ import { WorkerIdentity } from '../worker-identity';
  * the text).
  */
 @Injectable()
-export class WorkerUsage {
-  private readonly logger = new Logger(WorkerUsage.name);
+export class WorkerUsageService {
+  private readonly logger = new Logger(WorkerUsageService.name);
   private readonly store: UsageStore;
   private readonly owner: string;
 

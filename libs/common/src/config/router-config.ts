@@ -155,7 +155,13 @@ export function buildRouterConfig(raw: unknown, env: SecretSource, source = 'rou
   }
   const grouped = new Map<
     string,
-    { aliases: string[]; multiplier?: number; maxOutputTokens?: number; mode?: OperationName; deployments: Deployment[] }
+    {
+      aliases: string[];
+      multiplier?: number;
+      maxOutputTokens?: number;
+      mode?: OperationName;
+      deployments: Deployment[];
+    }
   >();
   const aliasOwner = new Map<string, string>();
 

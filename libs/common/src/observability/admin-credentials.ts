@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { ApiError } from '../errors/api.error';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
@@ -33,6 +34,53 @@ export class AdminCredentials {
       return 'admin';
     }
     return API_TOKEN.test(presented) ? 'api_token' : 'wrong';
+  }
+}
+
+/** The realm browsers show in their login prompt for the dashboard. */
+export const ADMIN_REALM = 'Aqueduct admin';
+/** `WWW-Authenticate` of a 401 from a surface browsers and Prometheus open with HTTP Basic. */
+export const BASIC_CHALLENGE = `Basic realm="${ADMIN_REALM}", charset="UTF-8"`;
+
+/** Why an admin-only surface refuses a request: the error, and the challenge header to send with a 401. */
+export interface AdminRefusal {
+  error: ApiError;
+  challenge?: string;
+}
+
+/**
+ * The one admin check of every admin-only surface: the admin API (Bearer only), and the
+ * dashboard and protected `/metrics` of gateway and worker (Bearer or HTTP Basic, which
+ * browsers and Prometheus both speak). Undefined when the admin key was presented; an
+ * ordinary API token is recognised and refused with 403, anything else with 401.
+ * `what` names the surface in the messages, e.g. "the queue dashboard".
+ */
+export function adminRefusal(
+  credentials: AdminCredentials,
+  authorization: string | undefined,
+  surface: { what: string; basic: boolean },
+): AdminRefusal | undefined {
+  const { what, basic } = surface;
+  switch (credentials.check(authorization)) {
+    case 'admin':
+      return undefined;
+    case 'api_token':
+      return {
+        error: new ApiError(
+          403,
+          `An API token cannot use ${what}: it needs the admin key.`,
+          'permission_error',
+          null,
+          'admin_required',
+        ),
+      };
+    case 'missing':
+    case 'wrong': {
+      const how = basic ? ' (HTTP Basic password, or a Bearer token)' : ' as a Bearer token';
+      const message = `${what.charAt(0).toUpperCase()}${what.slice(1)} needs the admin key${how}.`;
+      const error = new ApiError(401, message, 'invalid_request_error', null, 'invalid_api_key');
+      return basic ? { error, challenge: BASIC_CHALLENGE } : { error };
+    }
   }
 }
 

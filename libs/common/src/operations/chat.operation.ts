@@ -24,13 +24,11 @@ const ROLES = ['system', 'developer', 'user', 'assistant', 'tool', 'function'] a
 
 const textPart = z.looseObject({ type: z.literal('text'), text: z.string() });
 /** Any part of a user message: text is checked, other types pass through to OpenAI-compatible upstreams. */
-const userPart = z
-  .looseObject({ type: z.string().min(1, 'must name the part type') })
-  .superRefine((p, ctx) => {
-    if (p.type === 'text' && typeof (p as { text?: unknown }).text !== 'string') {
-      ctx.addIssue({ code: 'custom', path: ['text'], message: 'expected a string' });
-    }
-  });
+const userPart = z.looseObject({ type: z.string().min(1, 'must name the part type') }).superRefine((p, ctx) => {
+  if (p.type === 'text' && typeof (p as { text?: unknown }).text !== 'string') {
+    ctx.addIssue({ code: 'custom', path: ['text'], message: 'expected a string' });
+  }
+});
 const assistantPart = z.union([textPart, z.looseObject({ type: z.literal('refusal'), refusal: z.string() })], {
   error: "expected a part of type 'text' or 'refusal'",
 });
@@ -57,7 +55,9 @@ const MESSAGE_BY_ROLE: Record<(typeof ROLES)[number], z.ZodType> = {
   }),
   assistant: z
     .looseObject({
-      content: z.union([z.string(), parts(assistantPart)], { error: 'expected a string or an array of parts' }).nullish(),
+      content: z
+        .union([z.string(), parts(assistantPart)], { error: 'expected a string or an array of parts' })
+        .nullish(),
       name,
       refusal: z.string().nullish(),
       tool_calls: z.array(toolCallSchema).max(REQUEST_LIMITS.maxTools).optional(),

@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import { ApiError } from '../errors/api.error';
 import type { ChoiceDelta } from '../contracts/openai';
 import { REQUEST_LIMITS } from '../contracts/request-limits';
 import { estimateCompletionTokens, estimatePromptTokens, type OutputCount } from '../usage/usage-estimate';

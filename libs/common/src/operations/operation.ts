@@ -108,7 +108,7 @@ export function parsedRequest(
     stream,
     includeUsage: stream && options?.include_usage === true,
     user: typeof body.user === 'string' ? body.user : null,
-    userId: userId === undefined || userId === null ? null : String(userId as string | number),
+    userId: typeof userId === 'number' ? String(userId) : typeof userId === 'string' ? userId : null,
     params,
     extensions,
   };

@@ -14,7 +14,13 @@ export interface Produced extends OutputCount {
 }
 
 /** An attempt no worker ran (withdrawn, or never enqueued): its record charges nothing. */
-export const NOTHING_PRODUCED: Readonly<Produced> = { pieces: 0, chars: 0, deployment: null, firstAt: null, usage: null };
+export const NOTHING_PRODUCED: Readonly<Produced> = {
+  pieces: 0,
+  chars: 0,
+  deployment: null,
+  firstAt: null,
+  usage: null,
+};
 
 /**
  * The one builder of usage records, for workers (a job that ended) and gateways (a job no

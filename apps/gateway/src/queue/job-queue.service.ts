@@ -16,8 +16,8 @@ import type { Queue } from 'bullmq';
 
 /** The producer side of the completions queue. */
 @Injectable()
-export class CompletionQueue {
-  private readonly logger = new Logger(CompletionQueue.name);
+export class JobQueueService {
+  private readonly logger = new Logger(JobQueueService.name);
 
   constructor(
     @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue<CompletionJobData, CompletionJobResult>,

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { AdminCredentials, ApiError, AppConfig } from '@app/common';
+import { AdminCredentials, adminRefusal, ApiError, AppConfig } from '@app/common';
 import { Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import { WorkerMetrics } from './worker-metrics';
 
@@ -68,14 +68,13 @@ export class WorkerMetricsServer implements OnApplicationBootstrap, OnApplicatio
     if (path === '/health') {
       return send(res, { status: 'ok' });
     }
-    const check = this.credentials?.check(req.headers.authorization) ?? 'admin';
-    if (check === 'api_token') {
-      return send(res, new ApiError(403, 'An API token cannot read /metrics; use the admin key.', 'permission_error'));
-    }
-    if (check !== 'admin') {
-      res.setHeader('www-authenticate', 'Basic realm="Aqueduct admin", charset="UTF-8"');
-      const message = '/metrics needs the admin key (HTTP Basic password, or a Bearer token).';
-      return send(res, new ApiError(401, message, 'invalid_request_error', null, 'invalid_api_key'));
+    const refusal =
+      this.credentials && adminRefusal(this.credentials, req.headers.authorization, { what: '/metrics', basic: true });
+    if (refusal) {
+      if (refusal.challenge !== undefined) {
+        res.setHeader('www-authenticate', refusal.challenge);
+      }
+      return send(res, refusal.error);
     }
     try {
       const body = await this.metrics.registry.metrics();

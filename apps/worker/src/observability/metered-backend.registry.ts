@@ -1,6 +1,6 @@
 import type { Provider } from '@app/common';
-import { BackendError } from '../backends/backend-error';
-import { BackendRegistry } from '../backends/backend-registry';
+import { BackendError } from '../backends/backend.error';
+import { BackendRegistry } from '../backends/backend.registry';
 import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from '../backends/llm-backend';
 import type { WorkerMetrics } from './worker-metrics';
 
