@@ -160,7 +160,7 @@ describe('contract: HTTP surface', () => {
   describe('routes', () => {
     it.each([
       ['GET', '/v1/nope'],
-      ['POST', '/v1/chat/completions'],
+      ['POST', '/v1/responses'],
       ['GET', '/'],
       ['POST', '/v2/completions'],
       ['GET', '/v1/completions/extra'],
@@ -175,7 +175,7 @@ describe('contract: HTTP surface', () => {
     ])('404 (not a body error) for an unknown route sent $name', async ({ type, body }) => {
       const res = await raw(stack, undefined, {
         key,
-        path: '/v1/chat/completions',
+        path: '/v1/responses',
         headers: { 'content-type': type },
         rawBody: body,
       });

@@ -3,16 +3,12 @@ import {
   AppLogger,
   Clock,
   closeRedis,
-  COMPLETIONS_QUEUE,
   ConfigModule,
-  createControlClient,
-  createControlServer,
+  ControlModule,
   createRedis,
-  parseRedisUrl,
-  reconnectDelay,
+  QueueModule,
   TokenStore,
 } from '@app/common';
-import { BullModule } from '@nestjs/bullmq';
 import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import { PassportModule } from '@nestjs/passport';
@@ -22,10 +18,9 @@ import { AdminGuard } from './admin/admin.guard';
 import { BearerAuthGuard } from './auth/bearer-auth.guard';
 import { BearerStrategy } from './auth/bearer.strategy';
 import { TokenAuthService } from './auth/token-auth.service';
-import { CompletionsController } from './completions/completions.controller';
-import { CompletionsService } from './completions/completions.service';
+import { InferenceController } from './inference/inference.controller';
+import { InferenceService } from './inference/inference.service';
 import { ControlService } from './control/control.service';
-import { CONTROL_CLIENT, CONTROL_SERVER } from './control/control.tokens';
 import { GatewayDrain } from './health/gateway-drain';
 import { HealthController } from './health/health.controller';
 import { DashboardModule } from './observability/dashboard.module';
@@ -49,26 +44,11 @@ import { WorkerRegistry } from './workers/worker-registry.service';
   imports: [
     DiscoveryModule,
     PassportModule,
-    BullModule.forRootAsync({
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => ({
-        prefix: config.names.bullPrefix,
-        // A producer must fail fast while Redis is down so requests get 503 at once, and
-        // reconnect as quickly as the other connections (BullMQ's default backs off to 20 s).
-        connection: {
-          ...parseRedisUrl(config.env.REDIS_URL),
-          enableOfflineQueue: false,
-          maxRetriesPerRequest: 1,
-          // No auto-pipelining here: ioredis builds a Pipeline per tick that copies every defined
-          // script, and BullMQ defines dozens (measured: more CPU per request, not less).
-          retryStrategy: reconnectDelay,
-        },
-      }),
-    }),
-    BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
+    QueueModule.forRole('producer'),
+    ControlModule,
     DashboardModule,
   ],
-  controllers: [CompletionsController, ModelsController, HealthController, AdminController, MetricsController],
+  controllers: [InferenceController, ModelsController, HealthController, AdminController, MetricsController],
   providers: [
     Clock,
     GatewayMetrics,
@@ -81,16 +61,6 @@ import { WorkerRegistry } from './workers/worker-registry.service';
       provide: TokenStore,
       inject: [REDIS_COMMAND, AppConfig],
       useFactory: (redis: Redis, config: AppConfig) => new TokenStore(redis, config.names),
-    },
-    {
-      provide: CONTROL_SERVER,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => createControlServer(config.env.REDIS_URL),
-    },
-    {
-      provide: CONTROL_CLIENT,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => createControlClient(config.env.REDIS_URL),
     },
     TokenAuthService,
     BearerStrategy,
@@ -109,7 +79,7 @@ import { WorkerRegistry } from './workers/worker-registry.service';
     // Counts the cancels it sends (aqueduct_cancellations_total).
     { provide: ControlService, useClass: MeteredControlService },
     WorkerRegistry,
-    CompletionsService,
+    InferenceService,
   ],
 })
 export class GatewayModule implements OnApplicationShutdown {

@@ -7,6 +7,8 @@ import {
   COMPLETIONS_QUEUE,
   runProcess,
   trackBullmq,
+  CONTROL_SERVER,
+  OPERATIONS,
 } from '@app/common';
 import { getQueueToken } from '@nestjs/bullmq';
 import { Logger } from '@nestjs/common';
@@ -15,7 +17,6 @@ import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
 import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
-import { CONTROL_SERVER } from './control/control.tokens';
 import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
 import { GatewayDrain } from './health/gateway-drain';
@@ -42,14 +43,14 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   app.set('trust proxy', config.env.AQUEDUCT_TRUSTED_PROXIES.length > 0 ? config.env.AQUEDUCT_TRUSTED_PROXIES : false);
   app.use(requestId);
   // Before anything that may answer: every response gets its log line and its metrics.
-  app.use(httpObserver(logger.pino, app.get(GatewayMetrics), config.router, app.get(RefusalCounter)));
+  app.use(httpObserver(logger.pino, app.get(GatewayMetrics), app.get(RefusalCounter)));
   app.use(apiCors());
   // During the shutdown drain: new API requests get 503 gateway_shutdown, every response Connection: close.
   app.use(app.get(GatewayDrain).middleware());
   // Bodies are parsed only where a route takes one, so an unknown route is a 404, not a 415.
   // Not for the dashboard (/admin/queues): Bull Board parses its own requests.
   const adminBodyRoutes = ['/admin/tokens', '/admin/usage'];
-  const apiBodyRoutes = ['/completions', '/v1/completions'];
+  const apiBodyRoutes = Object.values(OPERATIONS).flatMap((op) => [`/${op.route}`, `/v1/${op.route}`]);
   const bodyRoutes = [...apiBodyRoutes, ...(config.env.AQUEDUCT_ADMIN_KEY ? adminBodyRoutes : [])];
   // The token is checked before the body is read: no parsing for unauthenticated clients.
   app.use(apiBodyRoutes, authenticateFirst());

@@ -8,6 +8,7 @@ import {
   runProcess,
   trackBullmq,
   watchBullmq,
+  CONTROL_SERVER,
 } from '@app/common';
 import { getQueueToken } from '@nestjs/bullmq';
 import { Logger } from '@nestjs/common';
@@ -15,7 +16,7 @@ import { NestFactory } from '@nestjs/core';
 import type { ServerRedis } from '@nestjs/microservices';
 import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
-import { CONTROL_SERVER, REDIS_PUBLISHER } from './tokens';
+import { REDIS_PUBLISHER } from './tokens';
 import { WorkerIdentity } from './worker-identity';
 import { WorkerModule } from './worker.module';
 

@@ -1,50 +1,22 @@
-import {
-  AppConfig,
-  AppLogger,
-  Clock,
-  closeRedis,
-  COMPLETIONS_QUEUE,
-  ConfigModule,
-  createControlClient,
-  createControlServer,
-  createRedis,
-  parseRedisUrl,
-  reconnectDelay,
-} from '@app/common';
-import { BullModule } from '@nestjs/bullmq';
+import { AppConfig, AppLogger, Clock, closeRedis, ConfigModule, ControlModule, createRedis, QueueModule } from '@app/common';
 import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { BackendRegistry } from './backends/backend-registry';
-import { CompletionRunner } from './completions/completion-runner.service';
-import { CompletionProcessor } from './completions/completion.processor';
 import { CancellationRegistry } from './control/cancellation.registry';
 import { HeartbeatService } from './control/heartbeat.service';
+import { DeploymentPicker } from './inference/deployment.picker';
+import { InferenceProcessor } from './inference/inference.processor';
+import { InferenceRunner } from './inference/inference.runner';
+import { JobWatchdog } from './inference/job.watchdog';
 import { MeteredBackendRegistry } from './observability/metered-backends';
 import { WorkerMetricsServer } from './observability/metrics-server';
 import { WorkerMetrics } from './observability/worker-metrics';
-import { CONTROL_CLIENT, CONTROL_SERVER, REDIS_PUBLISHER } from './tokens';
+import { REDIS_PUBLISHER } from './tokens';
 import { WorkerUsage } from './usage/worker-usage.service';
 import { WorkerIdentity } from './worker-identity';
 
 @Module({
-  imports: [
-    BullModule.forRootAsync({
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => ({
-        prefix: config.names.bullPrefix,
-        // Workers block on Redis: BullMQ requires maxRetriesPerRequest: null. Reconnect as
-        // quickly as the other connections (BullMQ's default backs off to 20 s).
-        connection: {
-          ...parseRedisUrl(config.env.REDIS_URL),
-          maxRetriesPerRequest: null,
-          // No auto-pipelining here: ioredis builds a Pipeline per tick that copies every defined
-          // script, and BullMQ defines dozens (measured: more CPU per request, not less).
-          retryStrategy: reconnectDelay,
-        },
-      }),
-    }),
-    BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
-  ],
+  imports: [QueueModule.forRole('consumer'), ControlModule],
   providers: [
     Clock,
     WorkerIdentity,
@@ -57,16 +29,6 @@ import { WorkerIdentity } from './worker-identity';
         createRedis(config.env.REDIS_URL, 'command', `${id.id}:pub`),
     },
     {
-      provide: CONTROL_SERVER,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => createControlServer(config.env.REDIS_URL),
-    },
-    {
-      provide: CONTROL_CLIENT,
-      inject: [AppConfig],
-      useFactory: (config: AppConfig) => createControlClient(config.env.REDIS_URL),
-    },
-    {
       // Every backend call that fails counts as an upstream error of its deployment.
       provide: BackendRegistry,
       inject: [AppConfig, WorkerMetrics],
@@ -76,8 +38,10 @@ import { WorkerIdentity } from './worker-identity';
     CancellationRegistry,
     HeartbeatService,
     WorkerUsage,
-    CompletionRunner,
-    CompletionProcessor,
+    DeploymentPicker,
+    JobWatchdog,
+    InferenceRunner,
+    InferenceProcessor,
   ],
 })
 export class WorkerModule implements OnApplicationShutdown {

@@ -1,9 +1,8 @@
-import { AppConfig, type CancelCommand } from '@app/common';
+import { AppConfig, type CancelCommand, CONTROL_CLIENT } from '@app/common';
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import type { ClientRedis } from '@nestjs/microservices';
 import { InjectRedis } from '../redis/redis.tokens';
 import type Redis from 'ioredis';
-import { CONTROL_CLIENT } from './control.tokens';
 
 /**
  * Sends control messages to workers. A cancel is broadcast on the control channel (the

@@ -1,8 +1,13 @@
-import { ApiError } from '@app/common';
+import { ApiError, RateLimitError } from '@app/common';
 import type { Response } from 'express';
 
-/** Writes an OpenAI error object with its status (and Retry-After when it has one). */
+/** Writes an OpenAI error object with its status (and Retry-After, rate-limit headers when it has them). */
 export function sendApiError(res: Response, err: ApiError): void {
+  if (err instanceof RateLimitError) {
+    for (const [name, value] of Object.entries(err.headers)) {
+      res.setHeader(name, value);
+    }
+  }
   if (err.retryAfterMs !== undefined) {
     res.setHeader('retry-after', String(Math.max(1, Math.ceil(err.retryAfterMs / 1000))));
     res.setHeader('retry-after-ms', String(Math.max(0, Math.round(err.retryAfterMs))));

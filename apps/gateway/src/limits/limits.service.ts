@@ -5,6 +5,7 @@ import {
   CONCURRENCY_LEASE_MS,
   TokenAdmission,
   type LimitDecision,
+  RateLimitError,
   type ModelEntry,
   type TokenRecord,
 } from '@app/common';
@@ -131,18 +132,5 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
     this.admission.renew(this.held, this.clock.now()).catch((err: Error) => {
       this.logger.warn(`could not renew concurrency leases: ${err.message}`);
     });
-  }
-}
-
-/** A 429 that also carries the rate-limit headers. */
-export class RateLimitError extends ApiError {
-  constructor(
-    message: string,
-    type: string,
-    retryAfterMs: number,
-    readonly headers: Record<string, string>,
-    code = 'rate_limit_exceeded',
-  ) {
-    super(429, message, type, null, code, Math.max(retryAfterMs, 1));
   }
 }

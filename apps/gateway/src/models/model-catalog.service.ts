@@ -1,4 +1,13 @@
-import { ApiError, AppConfig, RouterConfig, type ModelEntry, type TokenRecord } from '@app/common';
+import {
+  ApiError,
+  AppConfig,
+  modelServes,
+  OPERATIONS,
+  RouterConfig,
+  type ModelEntry,
+  type OperationSpec,
+  type TokenRecord,
+} from '@app/common';
 import { Injectable } from '@nestjs/common';
 
 export interface ModelObject {
@@ -13,8 +22,8 @@ export interface ModelObject {
 export class ModelCatalog {
   constructor(private readonly config: AppConfig) {}
 
-  /** Canonical model for a name or alias; 404 when unknown, 403 when outside the allow-list. */
-  resolve(name: string, token: TokenRecord): ModelEntry {
+  /** Canonical model for a name or alias; 404 when unknown. */
+  lookup(name: string): ModelEntry {
     const model = this.config.router.resolve(name);
     if (model === undefined) {
       throw new ApiError(
@@ -25,6 +34,15 @@ export class ModelCatalog {
         'model_not_found',
       );
     }
+    return model;
+  }
+
+  /**
+   * 403 when the model is outside the token's allow-list; 404 `model_not_supported` when
+   * the model does not serve the operation (its `model_info.mode`), naming the endpoint that
+   * would serve it.
+   */
+  authorize(model: ModelEntry, token: TokenRecord, op: OperationSpec): void {
     if (!this.allowed(model, token)) {
       throw new ApiError(
         403,
@@ -34,7 +52,20 @@ export class ModelCatalog {
         'model_not_allowed',
       );
     }
-    return model;
+    if (!modelServes(model, op.name)) {
+      const use =
+        model.mode === undefined
+          ? `${OPERATIONS.chat.endpoint} or ${OPERATIONS.completion.endpoint}`
+          : OPERATIONS[model.mode].endpoint;
+      const kind = model.mode === undefined ? 'a completion and chat' : `a${model.mode === 'embedding' ? 'n' : ''} ${model.mode}`;
+      throw new ApiError(
+        404,
+        `The model \`${model.name}\` is ${kind} model and is not supported on ${op.endpoint}. Use ${use} instead.`,
+        'invalid_request_error',
+        'model',
+        'model_not_supported',
+      );
+    }
   }
 
   list(token: TokenRecord): ModelObject[] {

@@ -1,11 +1,12 @@
-import { requestContext, type RouterConfig, type TokenRecord } from '@app/common';
+import { requestContext, type TokenRecord } from '@app/common';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import type { Level, Logger } from 'pino';
-import { isAdmitted } from '../http/admission-state';
+import { firstTokenAt, isAdmitted, modelLabel } from '../http/request-state';
 import type { RefusalCounter } from '../usage/refusal-counter';
 import type { GatewayMetrics } from './gateway-metrics';
 
-const COMPLETIONS = /^\/(v1\/)?completions\/?$/;
+/** The OpenAI operations' routes: their refusals are counted, their model and first token observed. */
+const INFERENCE = /^\/(v1\/)?(completions|chat\/completions|embeddings)\/?$/;
 /** Probes and scrapes are logged at debug level unless they fail, so they do not drown the log. */
 const QUIET = /^\/(health|ready|metrics)\/?$/;
 const DASHBOARD = /^\/admin\/queues(\/|$)/;
@@ -20,16 +21,11 @@ const DASHBOARD = /^\/admin\/queues(\/|$)/;
 export function httpObserver(
   logger: Logger,
   metrics: GatewayMetrics,
-  router: RouterConfig,
   refusals: RefusalCounter,
 ): RequestHandler {
   return (req: Request, res: Response, next: NextFunction) => {
     const started = performance.now();
     const path = req.path;
-    let firstTokenMs: number | undefined;
-    if (COMPLETIONS.test(path)) {
-      watchFirstToken(res, () => (firstTokenMs ??= performance.now() - started));
-    }
     let ended = false;
     const end = () => {
       if (ended) {
@@ -41,9 +37,13 @@ export function httpObserver(
       const aborted = !res.writableFinished;
       const status = aborted ? 499 : res.statusCode;
       const route = routeLabel(req, path);
-      const model = COMPLETIONS.test(path) ? modelLabel(req, router) : '';
+      const inference = INFERENCE.test(path);
+      const model = inference ? modelLabel(res) : '';
       const token = tokenId(req);
-      if (COMPLETIONS.test(path) && status >= 400 && !aborted && !isAdmitted(res)) {
+      // Reported by the stream responder when it wrote its first chunk.
+      const first = firstTokenAt(res);
+      const firstTokenMs = first === undefined ? undefined : first - started;
+      if (inference && status >= 400 && !aborted && !isAdmitted(res)) {
         // Refused before admission: counted, never recorded (see RefusalCounter).
         refusals.count(token ?? '-', model, status);
       }
@@ -80,7 +80,7 @@ function routeLabel(req: Request, path: string): string {
   if (typeof route === 'string') {
     return route;
   }
-  if (COMPLETIONS.test(path)) {
+  if (INFERENCE.test(path)) {
     return path.replace(/\/$/, ''); // answered by the body parser (400/413/415)
   }
   if (DASHBOARD.test(path)) {
@@ -89,35 +89,8 @@ function routeLabel(req: Request, path: string): string {
   return 'unmatched';
 }
 
-/** The canonical model name when the body names a known model (or alias); else ''. */
-function modelLabel(req: Request, router: RouterConfig): string {
-  const body: unknown = req.body;
-  const name = typeof body === 'object' && body !== null ? (body as { model?: unknown }).model : undefined;
-  return typeof name === 'string' ? (router.resolve(name)?.name ?? '') : '';
-}
-
 function tokenId(req: Request): string | undefined {
   const user: unknown = req.user;
   const id = typeof user === 'object' && user !== null ? (user as Partial<TokenRecord>).id : undefined;
   return typeof id === 'string' ? id : undefined;
-}
-
-/**
- * Time to first token of a stream: the first SSE data frame written to the client (the
- * status and headers may be committed earlier, with keep-alive comments, on a slow start).
- */
-function watchFirstToken(res: Response, onFirst: () => void): void {
-  const write = res.write.bind(res) as (...args: unknown[]) => boolean;
-  let seen = false;
-  res.write = ((...args: unknown[]) => {
-    if (!seen) {
-      const chunk = args[0];
-      const text = typeof chunk === 'string' ? chunk : Buffer.isBuffer(chunk) ? chunk.toString('utf8', 0, 16) : '';
-      if (text.startsWith('data: {') && !text.startsWith('data: {"error"')) {
-        seen = true;
-        onFirst();
-      }
-    }
-    return write(...args);
-  }) as Response['write'];
 }

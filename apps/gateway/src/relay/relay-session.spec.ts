@@ -25,13 +25,13 @@ describe('RelaySession', () => {
       rid: 'r',
       att: 0,
       seq,
-      choices: [{ index: 0, text: `p${seq}`, logprobs: null, finish_reason: null }],
+      raw: `[{"index":0,"text":"p${seq}"`,
     });
     session.accept(part(1), 2);
     expect(session.hasOutput).toBe(true);
     expect(session.isClosed).toBe(false);
     session.accept(part(2), 3);
-    session.accept({ t: 'result', rid: 'r', att: 0, seq: 3, choices: [], usage: null }, 4);
+    session.accept({ t: 'result', rid: 'r', att: 0, seq: 3, usage: null }, 4);
     expect(session.isClosed).toBe(true);
     expect(session.closedAt).toBe(4);
     expect(seen.map((m) => m.t)).toEqual(['start', 'part', 'part', 'result']);
@@ -39,8 +39,8 @@ describe('RelaySession', () => {
 
   it('fails on a lost part instead of answering with a hole in the text', () => {
     const { seen, session } = collect();
-    session.accept({ t: 'part', rid: 'r', att: 0, seq: 0, choices: [] }, 1);
-    session.accept({ t: 'part', rid: 'r', att: 0, seq: 2, choices: [] }, 2);
+    session.accept({ t: 'part', rid: 'r', att: 0, seq: 0, raw: '[' }, 1);
+    session.accept({ t: 'part', rid: 'r', att: 0, seq: 2, raw: ']' }, 2);
     expect(seen.at(-1)).toMatchObject({ t: 'error', status: 502 });
     expect(session.isClosed).toBe(true);
   });

@@ -1,8 +1,7 @@
-import { AppConfig, Clock, whenReady, type WorkerHeartbeat } from '@app/common';
+import { AppConfig, Clock, CONTROL_SERVER, whenReady, type WorkerHeartbeat } from '@app/common';
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import type { ServerRedis } from '@nestjs/microservices';
 import type Redis from 'ioredis';
-import { CONTROL_SERVER } from '../control/control.tokens';
 import { InjectRedis } from '../redis/redis.tokens';
 
 /** How often the boot-time seed of live workers is retried while Redis does not answer. */

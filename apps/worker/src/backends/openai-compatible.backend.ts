@@ -1,7 +1,7 @@
 import { Pool } from 'undici';
-import { type Deployment, pickCompletionParams } from '@app/common';
+import { type ChoiceDelta, type Deployment, pickUpstreamParams } from '@app/common';
 import { BackendError } from './backend-error';
-import type { BackendRequest, CompletionResult, LlmBackend, StreamEvent } from './llm-backend';
+import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from './llm-backend';
 import { parseJsonOrUndefined, readText, UpstreamCall } from './upstream-call';
 import { fromErrorFrame, isRecord, upstreamInvalid, upstreamProtocolError } from './upstream-errors';
 import { normaliseChunk, normaliseCompletion } from './upstream-normalize';
@@ -39,7 +39,7 @@ export class OpenAICompatibleBackend implements LlmBackend {
     this.maxResponseBytes = options.maxResponseBytes ?? 64 * 1024 * 1024;
   }
 
-  async complete(req: BackendRequest): Promise<CompletionResult> {
+  async complete(req: BackendRequest): Promise<BackendResult> {
     const call = new UpstreamCall(req, false, this.idleTimeoutMs);
     try {
       const { pool, path } = this.target(req.deployment);
@@ -106,9 +106,10 @@ export class OpenAICompatibleBackend implements LlmBackend {
       throw upstreamInvalid('the body is not JSON');
     }
     const result = normaliseCompletion(parsed);
+    const choices = result.output as ChoiceDelta[];
     yield result.system_fingerprint === undefined
-      ? { type: 'chunk', choices: result.choices }
-      : { type: 'chunk', choices: result.choices, system_fingerprint: result.system_fingerprint };
+      ? { type: 'chunk', choices }
+      : { type: 'chunk', choices, system_fingerprint: result.system_fingerprint };
     if (result.usage !== null) {
       yield { type: 'usage', usage: result.usage };
     }
@@ -141,7 +142,7 @@ export class OpenAICompatibleBackend implements LlmBackend {
  * operator's decision. Usage is always requested on streams: accounting needs it.
  */
 function upstreamBody(req: BackendRequest, stream: boolean): string {
-  const body = pickCompletionParams(req.params, req.deployment.extraBodyAllowed);
+  const body = pickUpstreamParams(req.op, req.params, req.deployment.extraBodyAllowed);
   body.model = req.deployment.upstreamModel;
   body.stream = stream;
   if (stream) {

@@ -1,5 +1,5 @@
 import type { ChoiceDelta } from '@app/common';
-import type { BackendRequest, CompletionResult, LlmBackend, StreamEvent } from './llm-backend';
+import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from './llm-backend';
 import { parseSimParams } from './simulator-params';
 import {
   type ChoiceGenerator,
@@ -46,7 +46,7 @@ export class SimulatorBackend implements LlmBackend {
     this.yieldEvery = options.yieldEvery ?? DEFAULT_YIELD_EVERY;
   }
 
-  async complete(req: BackendRequest): Promise<CompletionResult> {
+  async complete(req: BackendRequest): Promise<BackendResult> {
     const start = this.now();
     const run = this.begin(req);
     const pace = new Pacer(this.yieldEvery, req.signal);
@@ -75,7 +75,7 @@ export class SimulatorBackend implements LlmBackend {
     const { ttftMs, itlMs } = req.deployment;
     // The same total time the stream would take, delivered at once.
     await this.waitUntil(req, start + ttftMs + itlMs * (steps - 1));
-    return { choices, usage: run.usage() };
+    return { output: choices, usage: run.usage() };
   }
 
   async *stream(req: BackendRequest): AsyncGenerator<StreamEvent> {

@@ -1,6 +1,6 @@
 import type { ChoiceDelta, FinishReason, Logprobs, Usage } from '@app/common';
 import type { BackendError } from './backend-error';
-import type { CompletionResult, StreamEvent } from './llm-backend';
+import type { BackendResult, StreamEvent } from './llm-backend';
 import { fromErrorFrame, isRecord, upstreamGenerationFailed, upstreamInvalid } from './upstream-errors';
 
 /**
@@ -13,7 +13,7 @@ import { fromErrorFrame, isRecord, upstreamGenerationFailed, upstreamInvalid } f
 type ShapeError = (detail: string) => BackendError;
 
 /** A whole non-stream response body. */
-export function normaliseCompletion(body: unknown): CompletionResult {
+export function normaliseCompletion(body: unknown): BackendResult {
   if (!isRecord(body)) {
     throw upstreamInvalid('the body is not a JSON object');
   }
@@ -24,7 +24,7 @@ export function normaliseCompletion(body: unknown): CompletionResult {
     throw upstreamInvalid('no choices array');
   }
   const choices = body.choices.map((c: unknown) => normaliseChoice(c, upstreamInvalid));
-  const result: CompletionResult = { choices, usage: parseUsage(body.usage, upstreamInvalid) };
+  const result: BackendResult = { output: choices, usage: parseUsage(body.usage, upstreamInvalid) };
   if (typeof body.system_fingerprint === 'string') {
     result.system_fingerprint = body.system_fingerprint;
   }

@@ -1,7 +1,6 @@
-import { AppConfig, type CancelCommand } from '@app/common';
+import { AppConfig, type CancelCommand, CancelledError, CONTROL_SERVER } from '@app/common';
 import { Inject, Injectable, type OnModuleInit } from '@nestjs/common';
 import type { ServerRedis } from '@nestjs/microservices';
-import { CONTROL_SERVER } from '../tokens';
 
 const MEMO_MS = 60_000;
 
@@ -70,10 +69,3 @@ export class CancellationRegistry implements OnModuleInit {
   }
 }
 
-export class CancelledError extends Error {
-  override readonly name = 'CancelledError';
-
-  constructor(readonly reason: CancelCommand['reason']) {
-    super(`cancelled: ${reason}`);
-  }
-}

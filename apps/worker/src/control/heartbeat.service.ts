@@ -1,8 +1,8 @@
-import { AppConfig, Clock, type WorkerHeartbeat } from '@app/common';
+import { AppConfig, Clock, CONTROL_CLIENT, type WorkerHeartbeat } from '@app/common';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import type { ClientRedis } from '@nestjs/microservices';
 import type Redis from 'ioredis';
-import { CONTROL_CLIENT, InjectPublisher } from '../tokens';
+import { InjectPublisher } from '../tokens';
 import { WorkerIdentity } from '../worker-identity';
 import { CancellationRegistry } from './cancellation.registry';
 

@@ -1,7 +1,7 @@
 import type { Provider } from '@app/common';
 import { BackendError } from '../backends/backend-error';
 import { BackendRegistry } from '../backends/backend-registry';
-import type { BackendRequest, CompletionResult, LlmBackend, StreamEvent } from '../backends/llm-backend';
+import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from '../backends/llm-backend';
 import type { WorkerMetrics } from './worker-metrics';
 
 /**
@@ -38,7 +38,7 @@ export class MeteredBackendRegistry extends BackendRegistry {
 
 function meter(backend: LlmBackend, onError: (req: BackendRequest, err: unknown) => void): LlmBackend {
   return {
-    async complete(req: BackendRequest): Promise<CompletionResult> {
+    async complete(req: BackendRequest): Promise<BackendResult> {
       try {
         return await backend.complete(req);
       } catch (err) {

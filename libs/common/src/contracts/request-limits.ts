@@ -16,4 +16,12 @@ export const REQUEST_LIMITS = {
   maxUserChars: 512,
   /** Entries of `logit_bias` (OpenAI's own bound is 300 tokens per request; vLLM has none). */
   maxLogitBias: 1_024,
+  /** Messages of one chat request (a long agent conversation is far below this). */
+  maxMessages: 4_096,
+  /** Content parts of one chat message. */
+  maxContentParts: 1_024,
+  /** Entries of `tools` (OpenAI's own bound), and tool calls of one assistant message. */
+  maxTools: 128,
+  /** `dimensions` of an embedding request (OpenAI's largest model has 3072). */
+  maxEmbeddingDimensions: 65_536,
 } as const;

@@ -25,14 +25,6 @@ export interface OutputCount {
   chars: number;
 }
 
-/** Adds one chunk's (or one result's) choices to `count`. */
-export function countOutput(count: OutputCount, choices: readonly { text: string }[]): void {
-  for (const c of choices) {
-    count.pieces += c.text === '' ? 0 : 1;
-    count.chars += c.text.length;
-  }
-}
-
 /** A stream is charged one token per text piece; a whole result by its characters. */
 export function estimateCompletionTokens(count: OutputCount, stream: boolean): number {
   return stream ? count.pieces : Math.ceil(count.chars / 4);

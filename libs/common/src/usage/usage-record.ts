@@ -1,3 +1,5 @@
+import type { OperationName } from '../contracts/openai';
+
 /** How a request ended, from the client's point of view. */
 export type UsageOutcome = 'ok' | 'error' | 'client_disconnected' | 'timeout';
 
@@ -9,6 +11,8 @@ export interface UsageRecord {
   model: string;
   deployment: string | null;
   route: string;
+  /** The OpenAI operation (absent in records written before chat and embeddings existed). */
+  op?: OperationName;
   status: number;
   outcome: UsageOutcome;
   /** Epoch ms when the gateway received the request. */

@@ -17,15 +17,17 @@ import { BackendRegistry } from '../backends/backend-registry';
 import { CancellationRegistry } from '../control/cancellation.registry';
 import { WorkerUsage } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
-import { CompletionRunner } from './completion-runner.service';
+import { DeploymentPicker } from './deployment.picker';
+import { InferenceRunner } from './inference.runner';
+import { JobWatchdog } from './job.watchdog';
 
 /** The runner against real Redis pub/sub and a real upstream; only the gateway is absent. */
-describe('CompletionRunner', () => {
+describe('InferenceRunner', () => {
   const prefix = uniquePrefix('runner');
   let upstream: FakeUpstream;
   let publisher: Redis;
   let subscriber: Redis;
-  let runner: CompletionRunner;
+  let runner: InferenceRunner;
   let cancellations: CancellationRegistry;
   let backends: BackendRegistry;
   const inbox = `${prefix}:relay:test`;
@@ -70,7 +72,10 @@ describe('CompletionRunner', () => {
     usageLog = redisNames(prefix).usageLog;
     const identity = new WorkerIdentity();
     const usage = new WorkerUsage(config, new Clock(), publisher, identity);
-    runner = new CompletionRunner(config, new Clock(), identity, cancellations, backends, usage, publisher);
+    const clock = new Clock();
+    const picker = new DeploymentPicker(config, clock, publisher);
+    const watchdog = new JobWatchdog(config, clock, picker, publisher);
+    runner = new InferenceRunner(config, clock, identity, cancellations, backends, usage, picker, watchdog, publisher);
   });
 
   afterAll(async () => {
@@ -82,6 +87,7 @@ describe('CompletionRunner', () => {
   const job = (rid: string, model: string, params: Record<string, unknown>, stream = true): CompletionJobData => ({
     v: COMPLETION_JOB_VERSION,
     rid,
+    op: 'completion',
     att: 0,
     replyTo: inbox,
     model,
@@ -138,7 +144,7 @@ describe('CompletionRunner', () => {
     await runner.run(job('whole', 'up', { prompt: 'x y', max_tokens: 8 }, false));
     const msgs = await messages('whole');
     expect(msgs.map((m) => m.t)).toEqual(['start', 'result']);
-    expect(msgs[1]).toMatchObject({ t: 'result', choices: [{ index: 0, text: ' echo: x y', finish_reason: 'stop' }] });
+    expect(msgs[1]).toMatchObject({ t: 'result', output: [{ index: 0, text: ' echo: x y', finish_reason: 'stop' }] });
   });
 
   it('stops promptly and silently when the request is cancelled', async () => {
@@ -183,6 +189,8 @@ describe('CompletionRunner', () => {
       token_id: 'tok_test',
       user_id: 'u1',
       usage_estimated: false,
+      op: 'completion',
+      route: '/v1/completions',
     });
     expect(byRid(all, 'whole')?.completion_tokens).toBeGreaterThan(0);
     expect(byRid(all, 'cancel-me')).toMatchObject({ outcome: 'client_disconnected', status: 499 });

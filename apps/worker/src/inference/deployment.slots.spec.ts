@@ -2,7 +2,7 @@ import { type Deployment, redisNames } from '@app/common';
 import Redis from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { deleteByPrefix, REDIS_URL, uniquePrefix } from '../../../../test/support/stack';
-import { DeploymentSlots } from './deployment-slots';
+import { DeploymentSlots } from './deployment.slots';
 
 /** max_parallel_requests leases on a real Redis, with a short lease so that expiry is observable. */
 

@@ -14,7 +14,7 @@ import { type BeforeApplicationShutdown, Logger, type OnApplicationBootstrap } f
 import type { Job } from 'bullmq';
 import { CancellationRegistry } from '../control/cancellation.registry';
 import { HeartbeatService } from '../control/heartbeat.service';
-import { CompletionRunner } from './completion-runner.service';
+import { InferenceRunner } from './inference.runner';
 
 /** After the grace period, how long cancelled jobs get to end (error event, usage record). */
 const CANCELLED_SETTLE_MS = 600;
@@ -26,12 +26,12 @@ const FORCED_CLOSE_SETTLE_MS = 200;
  * because a replayed stream would duplicate tokens; the gateway alone decides retries.
  */
 @Processor(COMPLETIONS_QUEUE, { concurrency: 1, maxStalledCount: 0 })
-export class CompletionProcessor extends WorkerHost implements OnApplicationBootstrap, BeforeApplicationShutdown {
-  private readonly logger = new Logger(CompletionProcessor.name);
+export class InferenceProcessor extends WorkerHost implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger(InferenceProcessor.name);
   private readonly connection = ConnectionStateLog.for('queue');
 
   constructor(
-    private readonly runner: CompletionRunner,
+    private readonly runner: InferenceRunner,
     private readonly config: AppConfig,
     private readonly heartbeat: HeartbeatService,
     private readonly cancellations: CancellationRegistry,

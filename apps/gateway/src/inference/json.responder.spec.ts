@@ -1,18 +1,27 @@
 import { createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { type ChoiceDelta, RELAY_PART_MAX_BYTES, type RelayMessage, type Usage } from '@app/common';
+import {
+  type ChoiceDelta,
+  COMPLETION,
+  EMBEDDING,
+  type EmbeddingObject,
+  type OperationSpec,
+  RELAY_PART_MAX_BYTES,
+  type RelayMessage,
+  type Usage,
+} from '@app/common';
 import express from 'express';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RelayPublisher, type ResultPayload } from '../../../worker/src/completions/relay-publisher';
+import { RelayPublisher, type ResultPayload } from '../../../worker/src/inference/relay.publisher';
 import { REDIS_URL, uniquePrefix } from '../../../../test/support/stack';
 import { RelaySession } from '../relay/relay-session';
-import { JsonResponder } from './json-responder';
+import { JsonResponder } from './json.responder';
 
 /**
  * The whole non-stream result path over real Redis pub/sub and real HTTP: the worker's
- * RelayPublisher splits a large result into bounded `part` messages, the gateway's
- * RelaySession checks their sequence and JsonResponder answers with the result rebuilt.
+ * RelayPublisher splits a large result into bounded raw `part` messages, the gateway's
+ * RelaySession checks their sequence and JsonResponder writes them out as the body.
  */
 
 const usage: Usage = { prompt_tokens: 3, completion_tokens: 9, total_tokens: 12 };
@@ -24,6 +33,7 @@ let server: ReturnType<ReturnType<typeof express>['listen']>;
 let base: string;
 /** What the next HTTP request answers with: the messages a test published, in arrival order. */
 let pending: Promise<RelayMessage[]>;
+let operation: OperationSpec = COMPLETION;
 
 beforeAll(async () => {
   pub = new Redis(REDIS_URL);
@@ -31,7 +41,7 @@ beforeAll(async () => {
   const app = express();
   app.get('/', (_req, res) => {
     void pending.then((messages) => {
-      const responder = new JsonResponder(res, meta);
+      const responder = new JsonResponder(res, operation, meta);
       const session = new RelaySession('r', (m) => responder.onMessage(m));
       messages.forEach((m, i) => session.accept(m, i));
     });
@@ -74,11 +84,23 @@ async function relay(result: ResultPayload): Promise<{ raw: string[]; ms: number
   return { raw, ms: Date.now() - started };
 }
 
-async function answer(raw: string[]): Promise<{ choices: ChoiceDelta[]; usage: Usage; system_fingerprint?: string }> {
+interface Answer {
+  object: string;
+  choices: ChoiceDelta[];
+  data: EmbeddingObject[];
+  usage: Usage;
+  system_fingerprint?: string;
+}
+
+async function answer(raw: string[], op: OperationSpec = COMPLETION): Promise<Answer> {
+  operation = op;
   pending = Promise.resolve(raw.map((m) => JSON.parse(m) as RelayMessage));
   const res = await fetch(base);
   expect(res.status).toBe(200);
-  return (await res.json()) as { choices: ChoiceDelta[]; usage: Usage; system_fingerprint?: string };
+  expect(res.headers.get('content-type')).toBe('application/json; charset=utf-8');
+  const text = await res.text();
+  expect(Number(res.headers.get('content-length'))).toBe(Buffer.byteLength(text));
+  return JSON.parse(text) as Answer;
 }
 
 const tricky = (n: number, seed: string) => `${seed} ✓ "q" \\ \t\n 😀 `.repeat(Math.ceil(n / 20)).slice(0, n);
@@ -86,14 +108,15 @@ const tricky = (n: number, seed: string) => `${seed} ✓ "q" \\ \t\n 😀 `.repe
 describe('non-stream results over the relay', () => {
   it('a small result is one `result` message, answered as is', async () => {
     const result: ResultPayload = {
-      choices: [{ index: 0, text: 'hello', logprobs: null, finish_reason: 'stop' }],
+      output: [{ index: 0, text: 'hello', logprobs: null, finish_reason: 'stop' }],
       usage,
       system_fingerprint: 'fp',
     };
     const { raw } = await relay(result);
     expect(raw).toHaveLength(1);
     const body = await answer(raw);
-    expect(body.choices).toEqual(result.choices);
+    expect(body.object).toBe('text_completion');
+    expect(body.choices).toEqual(result.output);
     expect(body.usage).toEqual(usage);
     expect(body.system_fingerprint).toBe('fp');
   });
@@ -108,15 +131,12 @@ describe('non-stream results over the relay', () => {
       ),
       text_offset: Array.from({ length: entries }, (_, i) => i * 9),
     };
-    const result: ResultPayload = {
-      choices: [
+    const choices: ChoiceDelta[] = [
         { index: 1, text: tricky(3 * 1024 * 1024 + 7, 'b'), logprobs: null, finish_reason: 'length' },
         { index: 0, text: '', logprobs: null, finish_reason: 'stop' },
         { index: 2, text: tricky(200_000, 'c'), logprobs, finish_reason: 'stop' },
-      ],
-      usage,
-      system_fingerprint: 'fp_big',
-    };
+    ];
+    const result: ResultPayload = { output: choices, usage, system_fingerprint: 'fp_big' };
     const { raw, ms } = await relay(result);
 
     const parsed = raw.map((m) => JSON.parse(m) as RelayMessage);
@@ -134,19 +154,33 @@ describe('non-stream results over the relay', () => {
     const body = await answer(raw);
     expect(body.choices.map((c) => c.index)).toEqual([1, 0, 2]);
     expect(createHash('sha256').update(body.choices[0]!.text).digest('hex')).toBe(
-      createHash('sha256').update(result.choices[0]!.text).digest('hex'),
+      createHash('sha256').update(choices[0]!.text).digest('hex'),
     );
-    expect(body.choices).toEqual(result.choices);
+    expect(body.choices).toEqual(choices);
     expect(body.usage).toEqual(usage);
     expect(body.system_fingerprint).toBe('fp_big');
   }, 30_000);
+
+  it('a large embeddings result is rebuilt exactly in the embeddings envelope', async () => {
+    const data: EmbeddingObject[] = Array.from({ length: 400 }, (_, i) => ({
+      object: 'embedding',
+      index: i,
+      embedding: Array.from({ length: 256 }, (_, d) => Math.sin(i * 256 + d) / 16),
+    }));
+    const { raw } = await relay({ output: data, usage: { prompt_tokens: 800, completion_tokens: 0, total_tokens: 800 } });
+    expect(raw.length).toBeGreaterThan(4);
+    const body = await answer(raw, EMBEDDING);
+    expect(body.object).toBe('list');
+    expect(body.data).toEqual(data);
+    expect(body.usage).toEqual({ prompt_tokens: 800, total_tokens: 800 });
+  });
 
   it('stops sending parts as soon as the job is aborted', async () => {
     const channel = `${uniquePrefix('json-responder')}:inbox`;
     const ctl = new AbortController();
     const out = new RelayPublisher(pub, channel, 'r', 0, () => undefined);
     const sending = out.sendResult(
-      { choices: [{ index: 0, text: tricky(8 * 1024 * 1024, 'a'), logprobs: null, finish_reason: 'stop' }], usage },
+      { output: [{ index: 0, text: tricky(8 * 1024 * 1024, 'a'), logprobs: null, finish_reason: 'stop' }], usage },
       ctl.signal,
     );
     setTimeout(() => ctl.abort(new Error('client went away')), 50);

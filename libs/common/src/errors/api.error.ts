@@ -1,4 +1,4 @@
-import type { OpenAIErrorBody } from './openai';
+import type { OpenAIErrorBody } from '../contracts/openai';
 
 /**
  * An error with the HTTP status and OpenAI error object the client must see. Thrown by

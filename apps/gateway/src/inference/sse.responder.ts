@@ -1,15 +1,12 @@
-import { ApiError, type ChunkMessage, type RelayMessage, type Usage } from '@app/common';
+import { ApiError, type ChunkMessage, type RelayMessage, type ResponseMeta, type Usage } from '@app/common';
 import type { Response } from 'express';
 import { sendApiError } from '../http/error-response';
-
-export interface ResponseMeta {
-  /** `cmpl-<rid>`: constant for every chunk of the response. */
-  id: string;
-  created: number;
-  model: string;
-}
+import { markFirstToken } from '../http/request-state';
+import type { Responder } from './responder';
 
 export interface SseOptions {
+  /** `object` of every chunk: `text_completion` or `chat.completion.chunk`. */
+  chunkObject: string;
   includeUsage: boolean;
   /** Hold the status this long waiting for the first token, then commit 200 anyway. */
   commitTimeoutMs: number;
@@ -21,11 +18,13 @@ export interface SseOptions {
 const PING_MS = 15_000;
 
 /**
- * Writes one completion stream by hand (not `@Sse()`): the HTTP status is held until the
- * first chunk (late commit), so any failure before the first token is a real status an
- * SDK can retry; after that a failure is one `data: {"error":…}` event, then `[DONE]`.
+ * Writes one stream by hand (not `@Sse()`), for every operation that streams: the HTTP
+ * status is held until the first chunk (late commit), so any failure before the first
+ * token is a real status an SDK can retry; after that a failure is one
+ * `data: {"error":…}` event, then `[DONE]`. The worker's chunk choices are already in the
+ * operation's wire shape; only the envelope is added here.
  */
-export class SseResponder {
+export class SseResponder implements Responder {
   private committed = false;
   private ended = false;
   private readonly framePrefix: string;
@@ -38,7 +37,7 @@ export class SseResponder {
     private readonly opts: SseOptions,
   ) {
     // Every chunk shares id/object/created/model: build that JSON prefix once.
-    this.framePrefix = `data: {"id":${JSON.stringify(meta.id)},"object":"text_completion","created":${meta.created},"model":${JSON.stringify(meta.model)},"choices":`;
+    this.framePrefix = `data: {"id":${JSON.stringify(meta.id)},"object":${JSON.stringify(opts.chunkObject)},"created":${meta.created},"model":${JSON.stringify(meta.model)},"choices":`;
     this.frameSuffix = opts.includeUsage ? ',"usage":null}\n\n' : '}\n\n';
     this.timer = setTimeout(() => this.onCommitTimeout(), opts.commitTimeoutMs);
   }
@@ -97,6 +96,7 @@ export class SseResponder {
 
   private writeChunk(msg: ChunkMessage): void {
     this.commit();
+    markFirstToken(this.res);
     const fingerprint =
       msg.system_fingerprint === undefined ? '' : `,"system_fingerprint":${JSON.stringify(msg.system_fingerprint)}`;
     this.write(this.framePrefix + JSON.stringify(msg.choices) + fingerprint + this.frameSuffix);

@@ -1,0 +1,197 @@
+import {
+  ApiError,
+  AppConfig,
+  claimTtlMs,
+  Clock,
+  COMPLETION_JOB_VERSION,
+  type CompletionJobData,
+  type CompletionJobResult,
+  DeadlineError,
+  type Deployment,
+  type ModelEntry,
+  OPERATIONS,
+  RelayLostError,
+} from '@app/common';
+import { Injectable, Logger } from '@nestjs/common';
+import type Redis from 'ioredis';
+import { BackendError } from '../backends/backend-error';
+import { BackendRegistry } from '../backends/backend-registry';
+import type { BackendRequest } from '../backends/llm-backend';
+import { CancellationRegistry } from '../control/cancellation.registry';
+import { InjectPublisher } from '../tokens';
+import { jobUsageRecord } from '../usage/job-usage';
+import { WorkerUsage } from '../usage/worker-usage.service';
+import { WorkerIdentity } from '../worker-identity';
+import { DeploymentPicker } from './deployment.picker';
+import { jobFailure } from './job-failure';
+import { type JobState, newJobState } from './job-state';
+import { JobWatchdog } from './job.watchdog';
+import { RelayPublisher } from './relay.publisher';
+
+/**
+ * Runs one job of any operation: claims it, tries deployments (failing over to the next
+ * one only while nothing has been sent), drives the backend and publishes every chunk to
+ * the gateway that owns the request. Never throws: the outcome is the job result, and the
+ * client learns about failures through relay `error` messages.
+ */
+@Injectable()
+export class InferenceRunner {
+  private readonly logger = new Logger(InferenceRunner.name);
+
+  constructor(
+    private readonly config: AppConfig,
+    private readonly clock: Clock,
+    private readonly identity: WorkerIdentity,
+    private readonly cancellations: CancellationRegistry,
+    private readonly backends: BackendRegistry,
+    private readonly usage: WorkerUsage,
+    private readonly picker: DeploymentPicker,
+    private readonly watchdog: JobWatchdog,
+    @InjectPublisher() private readonly redis: Redis,
+  ) {}
+
+  async run(data: CompletionJobData): Promise<CompletionJobResult> {
+    const state = newJobState();
+    const abort = this.cancellations.register(data.rid);
+    const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
+      abort?.abort(new RelayLostError(why)),
+    );
+    // Claim and `start` leave in one socket write (auto-pipelining); if the gateway had
+    // already withdrawn the job, its session is gone and drops the `start`.
+    const claimed = this.claim(data);
+    const model = this.config.router.resolve(data.model);
+    out.send({ t: 'start', workerId: this.identity.id, deployment: model?.deployments[0]?.id ?? '' });
+    if (!(await claimed)) {
+      this.cancellations.release(data.rid);
+      return { outcome: 'cancelled' }; // the gateway withdrew it and accounted for it
+    }
+    if (abort === undefined) {
+      await this.usage.record(jobUsageRecord(data, state, { outcome: 'cancelled' }, this.clock.now()), data.deadline);
+      return { outcome: 'cancelled' };
+    }
+    const stopWatching = this.watchdog.watch(data, abort, out, state);
+    let result: CompletionJobResult;
+    try {
+      await this.execute(data, this.check(data, model), abort.signal, out, state);
+      result = { outcome: 'ok', deployment: state.deployment ?? undefined };
+    } catch (err) {
+      const failure = jobFailure(abort.signal.aborted ? abort.signal.reason : err, state.deployment ?? undefined);
+      if (failure.log !== undefined) {
+        this.logger[failure.log.level](failure.log.message);
+      }
+      if (failure.error !== undefined) {
+        const { status, body, retryAfterMs } = failure.error;
+        out.send({ t: 'error', status, error: body.error, retryAfterMs });
+      }
+      result = failure.result;
+    } finally {
+      stopWatching();
+      this.cancellations.release(data.rid);
+    }
+    // Accounting is issued before awaiting the last publish, so both share a socket write.
+    const accounted = this.usage.record(jobUsageRecord(data, state, result, this.clock.now()), data.deadline);
+    await out.flush();
+    await accounted;
+    return result;
+  }
+
+  /** Takes ownership of the attempt; false when the gateway already withdrew it. */
+  private async claim(data: CompletionJobData): Promise<boolean> {
+    try {
+      const key = this.config.names.claim(data.rid, data.att);
+      const ttl = claimTtlMs(data.deadline, this.clock.now());
+      return (await this.redis.set(key, this.identity.id, 'PX', ttl, 'NX')) !== null;
+    } catch {
+      return false; // Redis is down: nothing could be relayed or accounted anyway
+    }
+  }
+
+  private check(data: CompletionJobData, model: ModelEntry | undefined): ModelEntry {
+    if (data.v !== COMPLETION_JOB_VERSION || !(data.op in OPERATIONS)) {
+      throw ApiError.server(500, `This worker cannot run job version ${String(data.v)}; upgrade the workers.`);
+    }
+    if (this.clock.now() >= data.deadline) {
+      throw new DeadlineError();
+    }
+    if (model === undefined) {
+      throw ApiError.server(500, `The worker has no deployment for model '${data.model}' (router configs differ).`);
+    }
+    return model;
+  }
+
+  private async execute(
+    data: CompletionJobData,
+    model: ModelEntry,
+    signal: AbortSignal,
+    out: RelayPublisher,
+    state: JobState,
+  ): Promise<void> {
+    let lastError: unknown;
+    let candidates = this.picker.order(model);
+    for (;;) {
+      // Waits while every deployment is at its max_parallel_requests.
+      const d = await this.picker.pick(candidates, data.rid, signal);
+      if (d === undefined) {
+        throw lastError;
+      }
+      candidates = candidates.filter((c) => c !== d);
+      state.holding = d;
+      state.deployment = d.id;
+      try {
+        await this.attempt(data, this.request(data, d, signal), out, state, signal);
+        return;
+      } catch (err) {
+        const emitted = state.firstAt !== null;
+        if (signal.aborted || !(err instanceof BackendError) || !err.failover || emitted) {
+          throw err;
+        }
+        this.logger.warn(`deployment ${d.id} failed before the first token (${err.status}); trying the next one`);
+        lastError = err;
+      } finally {
+        state.holding = undefined;
+        await this.picker.release(d, data.rid);
+      }
+    }
+  }
+
+  /** One call to one deployment: a stream relayed chunk by chunk, or one whole result. */
+  private async attempt(
+    data: CompletionJobData,
+    req: BackendRequest,
+    out: RelayPublisher,
+    state: JobState,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const backend = this.backends.for(req.deployment.provider);
+    const op = OPERATIONS[data.op];
+    if (!data.stream) {
+      const r = await backend.complete(req);
+      state.firstAt = this.clock.now();
+      state.usage = r.usage;
+      op.countOutput(state, r.output);
+      // Split into bounded raw `part` messages when large; one `result` message otherwise.
+      await out.sendResult(r, signal);
+      return;
+    }
+    for await (const ev of backend.stream(req)) {
+      if (ev.type === 'usage') {
+        state.usage = ev.usage;
+        continue;
+      }
+      state.firstAt ??= this.clock.now();
+      op.countOutput(state, ev.choices);
+      out.send({ t: 'chunk', choices: ev.choices, system_fingerprint: ev.system_fingerprint });
+      // Only a job out-publishing Redis or the per-job rate waits here (see RelayPublisher).
+      const wait = out.backpressure();
+      if (wait !== undefined) {
+        await wait;
+      }
+    }
+    out.send({ t: 'done', usage: state.usage });
+  }
+
+  private request(data: CompletionJobData, d: Deployment, signal: AbortSignal): BackendRequest {
+    const deadline = d.timeoutMs === undefined ? data.deadline : Math.min(data.deadline, this.clock.now() + d.timeoutMs);
+    return { op: data.op, deployment: d, params: data.params, signal, deadline };
+  }
+}

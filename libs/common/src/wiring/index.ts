@@ -1,0 +1,2 @@
+export * from './control.module';
+export * from './queue.module';
