@@ -81,6 +81,8 @@ describe('contract: chat completions, shapes and generation', () => {
     const res = await raw(stack, { ...body, stream: true }, { key, path: CHAT });
     expect(res.status, res.text).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    expect(res.headers.get('cache-control')).toMatch(/\bno-cache\b/);
+    expect(res.headers.get('x-request-id')).toMatch(/^[0-9a-f]{32}$/);
     const sse = parseSse(res.text);
     expect(sse.data.at(-1)).toBe('[DONE]');
     expect(sse.data.filter((d) => d === '[DONE]')).toHaveLength(1);
