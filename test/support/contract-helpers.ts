@@ -231,3 +231,222 @@ export function fakeUpstreamText(prompt: string): string {
     .map((w) => ` ${w}`)
     .join('')}`;
 }
+
+// ---- chat completions and embeddings ----------------------------------------------------
+
+/** One `tool_calls` entry of a streamed chat delta. */
+export interface ChatToolCallDelta {
+  index: number;
+  id?: string;
+  type?: string;
+  function?: { name?: string; arguments?: string };
+}
+
+export interface ChatDelta {
+  role?: string;
+  content?: string | null;
+  refusal?: string | null;
+  tool_calls?: ChatToolCallDelta[];
+  [extra: string]: unknown;
+}
+
+export interface ChatTokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[] | null;
+  top_logprobs: { token: string; logprob: number; bytes: number[] | null }[];
+}
+
+export interface ChatLogprobs {
+  content: ChatTokenLogprob[] | null;
+  refusal?: ChatTokenLogprob[] | null;
+}
+
+export interface ChatChunkChoice {
+  index: number;
+  delta: ChatDelta;
+  logprobs: ChatLogprobs | null;
+  finish_reason: string | null;
+}
+
+export interface ChatChunk {
+  id: string;
+  object: string;
+  created: number;
+  model: string;
+  system_fingerprint?: string;
+  choices: ChatChunkChoice[];
+  usage?: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
+}
+
+export interface ChatToolCall {
+  id: string;
+  type: string;
+  function: { name: string; arguments: string };
+}
+
+export interface ChatChoice {
+  index: number;
+  message: { role: string; content: string | null; tool_calls?: ChatToolCall[]; [extra: string]: unknown };
+  logprobs: ChatLogprobs | null;
+  finish_reason: string;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: string;
+  created: number;
+  model: string;
+  system_fingerprint?: string;
+  choices: ChatChoice[];
+  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+}
+
+/** The chat chunks of a parsed stream (events with a non-empty choices array). */
+export function chatChunks(sse: Pick<SseBody, 'chunks'>): ChatChunk[] {
+  return sse.chunks as unknown as ChatChunk[];
+}
+
+/** One streamed chat choice, joined from its deltas. */
+export interface MergedChatChoice {
+  /** Roles in the order their deltas carried one (must be exactly `['assistant']`). */
+  roles: string[];
+  /** Whether the very first delta of this index carried the role. */
+  roleFirst: boolean;
+  content: string;
+  /** Whether any delta carried a non-empty content. */
+  hasContent: boolean;
+  finish_reason: string | null;
+  /** How many chunks carried a finish_reason (must be exactly one). */
+  finishes: number;
+  /** Whether a delta arrived after the one with the finish_reason. */
+  deltaAfterFinish: boolean;
+  /** Tool calls joined per tool-call index. */
+  toolCalls: Map<number, { id?: string; type?: string; name?: string; arguments: string; deltas: number }>;
+  /** Tool-call deltas whose first appearance of an index lacked id, type or name. */
+  toolCallHeadsMissing: number;
+  /** Tool-call deltas that repeated id/name after the first of their index. */
+  toolCallHeadsRepeated: number;
+  logprobTokens: string[];
+  chunks: number;
+}
+
+/** Joins streamed chat deltas per choice index, as the SDKs accumulate them. */
+export function demuxChat(chunks: { choices: ChatChunkChoice[] }[]): Map<number, MergedChatChoice> {
+  const out = new Map<number, MergedChatChoice>();
+  for (const chunk of chunks) {
+    for (const c of chunk.choices) {
+      let m = out.get(c.index);
+      if (m === undefined) {
+        m = {
+          roles: [],
+          roleFirst: c.delta.role !== undefined,
+          content: '',
+          hasContent: false,
+          finish_reason: null,
+          finishes: 0,
+          deltaAfterFinish: false,
+          toolCalls: new Map(),
+          toolCallHeadsMissing: 0,
+          toolCallHeadsRepeated: 0,
+          logprobTokens: [],
+          chunks: 0,
+        };
+        out.set(c.index, m);
+      }
+      m.chunks += 1;
+      if (m.finishes > 0) {
+        m.deltaAfterFinish = true;
+      }
+      if (c.delta.role !== undefined) {
+        m.roles.push(c.delta.role);
+      }
+      if (typeof c.delta.content === 'string') {
+        m.content += c.delta.content;
+        m.hasContent ||= c.delta.content !== '';
+      }
+      for (const t of c.delta.tool_calls ?? []) {
+        const call = m.toolCalls.get(t.index);
+        if (call === undefined) {
+          if (t.id === undefined || t.type === undefined || t.function?.name === undefined) {
+            m.toolCallHeadsMissing += 1;
+          }
+          m.toolCalls.set(t.index, {
+            id: t.id,
+            type: t.type,
+            name: t.function?.name,
+            arguments: t.function?.arguments ?? '',
+            deltas: 1,
+          });
+        } else {
+          if (t.id !== undefined || t.function?.name !== undefined) {
+            m.toolCallHeadsRepeated += 1;
+          }
+          call.arguments += t.function?.arguments ?? '';
+          call.deltas += 1;
+        }
+      }
+      m.logprobTokens.push(...(c.logprobs?.content ?? []).map((e) => e.token));
+      if (c.finish_reason !== null) {
+        m.finish_reason = c.finish_reason;
+        m.finishes += 1;
+      }
+    }
+  }
+  return out;
+}
+
+/** Chat contents by index 0..n-1 (asserting the indexes are exactly that range). */
+export function contentsByIndex(merged: Map<number, MergedChatChoice>): string[] {
+  const indexes = [...merged.keys()].sort((a, b) => a - b);
+  expect(indexes).toEqual(indexes.map((_, i) => i));
+  return indexes.map((i) => merged.get(i)?.content ?? '');
+}
+
+/** `model_info` added to a deployment (e.g. `mode`), without touching the others. */
+export function withInfo(d: Deployment, info: NonNullable<Deployment['model_info']>): Deployment {
+  return { ...d, model_info: { ...d.model_info, ...info } };
+}
+
+/**
+ * The models the chat and embeddings contract suites route: `echo`, `lorem` and `up` as in
+ * {@link contractModels} (no mode: completions and chat), plus the embedding models `embed`
+ * (simulator) and `up-embed` (fake upstream).
+ */
+export function chatModels(upstreamUrl: string): Deployment[] {
+  return [
+    ...contractModels(upstreamUrl),
+    simulatorDeployment('embed', 'echo', {}, { mode: 'embedding' }),
+    withInfo(upstreamDeployment('up-embed', upstreamUrl), { mode: 'embedding' }),
+  ];
+}
+
+/** A user message list with one user message. */
+export function userSays(content: string): { role: 'user'; content: string }[] {
+  return [{ role: 'user', content }];
+}
+
+/** The simulator's echo of a text: each word with a leading space. */
+export function simulatorEcho(text: string): string {
+  return text
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((w) => ` ${w}`)
+    .join('');
+}
+
+/** Decodes an OpenAI base64 embedding (little-endian float32). */
+export function decodeBase64Embedding(b64: string): number[] {
+  const bytes = Buffer.from(b64, 'base64');
+  expect(bytes.length % 4).toBe(0);
+  const out: number[] = [];
+  for (let i = 0; i < bytes.length; i += 4) {
+    out.push(bytes.readFloatLE(i));
+  }
+  return out;
+}
+
+/** Euclidean norm. */
+export function norm(v: number[]): number {
+  return Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+}
