@@ -426,13 +426,9 @@ export function userSays(content: string): { role: 'user'; content: string }[] {
   return [{ role: 'user', content }];
 }
 
-/** The simulator's echo of a text: each word with a leading space. */
+/** The chat simulator's echo of a text: its words, one space apart (no leading space, unlike completions). */
 export function simulatorEcho(text: string): string {
-  return text
-    .split(/\s+/)
-    .filter(Boolean)
-    .map((w) => ` ${w}`)
-    .join('');
+  return text.split(/\s+/).filter(Boolean).join(' ');
 }
 
 /** Decodes an OpenAI base64 embedding (little-endian float32). */
