@@ -267,13 +267,21 @@ async function sendCompletion(res: ServerResponse, plan: Plan, kind: string, tex
   const finish = (index: number) => (kind === 'finish-abort' ? 'abort' : (plan.finish[index] ?? 'stop'));
   const text = (t: string[], index: number) => (textBytes >= 0 ? fakeBulkText(textBytes, index) : t.join(''));
   const choices = plan.tokens.map((t, index) => choiceJson(index, text(t, index), finish(index)));
-  let body = `${plan.head}"choices":[${choices.join(',')}],"usage":${JSON.stringify(plan.usage)}}`;
+  endWhole(res, kind, plan.head, `"choices":[${choices.join(',')}],`, JSON.stringify(plan.usage));
+}
+
+/**
+ * Ends a non-stream 200: `head + choices + usage`, or what a `fake_fail` kind makes of it
+ * (the same for completions and chat).
+ */
+function endWhole(res: ServerResponse, kind: string, head: string, choices: string, usage: string): void {
+  let body = `${head}${choices}"usage":${usage}}`;
   if (kind === 'garbage') {
     body = 'this is not json';
   } else if (kind === 'error-frame') {
     body = '{"error":{"message":"boom","type":"BadRequestError","param":null,"code":400}}';
   } else if (kind === 'no-choices') {
-    body = `${plan.head}"usage":${JSON.stringify(plan.usage)}}`;
+    body = `${head}"usage":${usage}}`;
   } else if (kind === 'eof-after') {
     body = body.slice(0, body.length >> 1);
   }
@@ -594,18 +602,13 @@ async function sendChat(res: ServerResponse, plan: ChatPlan, kind: string, textB
     const finish = kind === 'finish-abort' ? 'abort' : c.finish;
     return `{"index":${index},"message":${message},"logprobs":${logprobs},"finish_reason":"${finish}","stop_reason":null}`;
   });
-  let out = `${chatHead(plan, 'chat.completion')}"choices":[${choices.join(',')}],"usage":${JSON.stringify(plan.usage)}}`;
-  if (kind === 'garbage') {
-    out = 'this is not json';
-  } else if (kind === 'error-frame') {
-    out = '{"error":{"message":"boom","type":"BadRequestError","param":null,"code":400}}';
-  } else if (kind === 'no-choices') {
-    out = `${chatHead(plan, 'chat.completion')}"usage":${JSON.stringify(plan.usage)}}`;
-  } else if (kind === 'eof-after') {
-    out = out.slice(0, out.length >> 1);
-  }
-  res.writeHead(200, { 'content-type': 'application/json' });
-  res.end(out);
+  endWhole(
+    res,
+    kind,
+    chatHead(plan, 'chat.completion'),
+    `"choices":[${choices.join(',')}],`,
+    JSON.stringify(plan.usage),
+  );
 }
 
 async function streamChat(

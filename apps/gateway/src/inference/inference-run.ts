@@ -9,6 +9,7 @@ import {
   type RelayMessage,
   type ResponseMeta,
   type UsageOutcome,
+  type UsageRecord,
 } from '@app/common';
 import type { Admitted } from '../limits/limits.service';
 import type { RelaySession } from '../relay/relay-session';
@@ -148,21 +149,23 @@ export class InferenceRun {
     } else if (ifStarted === 'abandon') {
       this.abandon(status, outcome);
     } else {
-      const record = buildUsageRecord(this.job, this.relayed, status, outcome, this.deps.clock.now());
+      const record = this.usageOf(this.relayed, status, outcome);
       this.deps.usage.recordAbandonedLater(record, this.job.deadline, this.deps.idleTimeoutMs);
     }
   }
 
   /** A started attempt the gateway gave up on, logged here unless its worker already did (the usage claim decides). */
   private abandon(status: number, outcome: UsageOutcome): void {
-    const record = buildUsageRecord(this.job, this.relayed, status, outcome, this.deps.clock.now());
+    const record = this.usageOf(this.relayed, status, outcome);
     void this.deps.usage.recordAbandoned(record, this.job.deadline);
   }
 
   private record(produced: Readonly<Produced>, status: number, outcome: UsageOutcome): void {
-    this.deps.usage.record(
-      buildUsageRecord(this.job, produced, status, outcome, this.deps.clock.now()),
-      this.job.deadline,
-    );
+    this.deps.usage.record(this.usageOf(produced, status, outcome), this.job.deadline);
+  }
+
+  /** Every record this run writes, built the one way workers build theirs. */
+  private usageOf(produced: Readonly<Produced>, status: number, outcome: UsageOutcome): UsageRecord {
+    return buildUsageRecord(this.job, produced, status, outcome, this.deps.clock.now());
   }
 }

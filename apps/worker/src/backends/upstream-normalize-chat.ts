@@ -9,9 +9,10 @@ import type {
   ChatToolCallDelta,
 } from '@app/common';
 import type { BackendResult, StreamEvent } from './llm-backend';
-import { isRecord, upstreamGenerationFailed } from './upstream-errors';
+import { isRecord } from './upstream-errors';
 import {
   choiceIndex,
+  finishReasonOf,
   type ChoiceNormaliser,
   normaliseFrame,
   normaliseResponse,
@@ -242,26 +243,14 @@ function chatLogprobs(raw: unknown): ChatLogprobs | null {
   return isRecord(raw) ? (raw as unknown as ChatLogprobs) : null;
 }
 
+const CHAT_FINISH: ReadonlySet<ChatFinishReason> = new Set([
+  'stop',
+  'length',
+  'tool_calls',
+  'content_filter',
+  'function_call',
+]);
+
 function chatFinishReason(raw: unknown, shapeError: ShapeError): ChatFinishReason | null {
-  switch (raw) {
-    case undefined:
-    case null:
-      return null;
-    case 'stop':
-    case 'length':
-    case 'tool_calls':
-    case 'content_filter':
-    case 'function_call':
-      return raw;
-    case 'error':
-    case 'abort':
-      // vLLM's engine failed or dropped the request: the answer so far is not a real one.
-      throw upstreamGenerationFailed(raw);
-    default:
-      // Other strings from lax servers (`eos`, `end_turn`…) still mean a normal end.
-      if (typeof raw === 'string') {
-        return 'stop';
-      }
-      throw shapeError('a choice has an invalid finish_reason');
-  }
+  return finishReasonOf(raw, CHAT_FINISH, shapeError);
 }

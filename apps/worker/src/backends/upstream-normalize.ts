@@ -103,26 +103,36 @@ function normaliseChoice(raw: unknown, shapeError: ShapeError): ChoiceDelta {
   };
 }
 
+const COMPLETION_FINISH: ReadonlySet<FinishReason> = new Set(['stop', 'length', 'content_filter']);
+
 function finishReason(raw: unknown, shapeError: ShapeError): FinishReason | null {
-  switch (raw) {
-    case undefined:
-    case null:
-      return null;
-    case 'stop':
-    case 'length':
-    case 'content_filter':
-      return raw;
-    case 'error':
-    case 'abort':
-      // vLLM's engine failed or dropped the request: the text so far is not a real completion.
-      throw upstreamGenerationFailed(raw);
-    default:
-      // Chat-style reasons (`tool_calls`, `eos`…) from lax servers still mean a normal end.
-      if (typeof raw === 'string') {
-        return 'stop';
-      }
-      throw shapeError('a choice has an invalid finish_reason');
+  return finishReasonOf(raw, COMPLETION_FINISH, shapeError);
+}
+
+/**
+ * An upstream finish_reason as one of the operation's own (`known`). vLLM's `error` and
+ * `abort` mean its engine failed or dropped the request: the output so far is not a real
+ * answer. Other strings from lax servers (`eos`, `end_turn`, chat reasons on completions…)
+ * still mean a normal end.
+ */
+export function finishReasonOf<R extends string>(
+  raw: unknown,
+  known: ReadonlySet<R>,
+  shapeError: ShapeError,
+): R | 'stop' | null {
+  if (raw === undefined || raw === null) {
+    return null;
   }
+  if (typeof raw !== 'string') {
+    throw shapeError('a choice has an invalid finish_reason');
+  }
+  if (known.has(raw as R)) {
+    return raw as R;
+  }
+  if (raw === 'error' || raw === 'abort') {
+    throw upstreamGenerationFailed(raw);
+  }
+  return 'stop';
 }
 
 export function parseUsage(raw: unknown, shapeError: ShapeError): Usage | null {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { ChatChoice, ChatChunkChoice, ChatToolCall, ChatToolCallDelta } from '../contracts/openai';
 import { REQUEST_LIMITS } from '../contracts/request-limits';
-import type { OutputCount } from '../usage/usage-estimate';
+import { estimateCompletionTokens, type OutputCount } from '../usage/usage-estimate';
 import {
   checkStreamOptions,
   int,
@@ -13,7 +13,7 @@ import {
   userIdSchema,
   userSchema,
 } from './completion.operation';
-import { type OperationSpec, type ParsedRequest, parsedRequest, usageOrZero, validationError } from './operation';
+import { type OperationSpec, type ParsedRequest, choicesEnvelope, parsedRequest, validationError } from './operation';
 
 /**
  * The OpenAI ChatCompletionCreateParams. Messages are checked per role, so an error names
@@ -278,13 +278,7 @@ export const CHAT: OperationSpec = {
         : undefined,
   promptTokens: (params) => estimateChatPromptTokens(params.messages),
   countOutput: countChat,
-  completionTokens: (count, stream) => (stream ? count.pieces : Math.ceil(count.chars / 4)),
-  resultEnvelope(meta, usage, systemFingerprint) {
-    const fingerprint =
-      systemFingerprint === undefined ? '' : `,"system_fingerprint":${JSON.stringify(systemFingerprint)}`;
-    return [
-      `{"id":${JSON.stringify(meta.id)},"object":"chat.completion","created":${meta.created},"model":${JSON.stringify(meta.model)}${fingerprint},"choices":`,
-      `,"usage":${JSON.stringify(usageOrZero(usage))}}`,
-    ];
-  },
+  completionTokens: estimateCompletionTokens,
+  resultEnvelope: (meta, usage, systemFingerprint) =>
+    choicesEnvelope('chat.completion', meta, usage, systemFingerprint),
 };

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { ChoiceDelta } from '../contracts/openai';
 import { REQUEST_LIMITS } from '../contracts/request-limits';
 import { estimateCompletionTokens, estimatePromptTokens, type OutputCount } from '../usage/usage-estimate';
-import { type OperationSpec, type ParsedRequest, parsedRequest, usageOrZero, validationError } from './operation';
+import { type OperationSpec, type ParsedRequest, choicesEnvelope, parsedRequest, validationError } from './operation';
 
 /**
  * The OpenAI CompletionCreateParams, validated with their types, ranges and cross-field
@@ -203,12 +203,6 @@ export const COMPLETION: OperationSpec = {
   promptTokens: (params) => estimatePromptTokens(params.prompt),
   countOutput: countText,
   completionTokens: estimateCompletionTokens,
-  resultEnvelope(meta, usage, systemFingerprint) {
-    const fingerprint =
-      systemFingerprint === undefined ? '' : `,"system_fingerprint":${JSON.stringify(systemFingerprint)}`;
-    return [
-      `{"id":${JSON.stringify(meta.id)},"object":"text_completion","created":${meta.created},"model":${JSON.stringify(meta.model)}${fingerprint},"choices":`,
-      `,"usage":${JSON.stringify(usageOrZero(usage))}}`,
-    ];
-  },
+  resultEnvelope: (meta, usage, systemFingerprint) =>
+    choicesEnvelope('text_completion', meta, usage, systemFingerprint),
 };

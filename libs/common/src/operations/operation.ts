@@ -150,6 +150,21 @@ function isMissing(body: unknown, path: readonly PropertyKey[]): boolean {
   return at === undefined;
 }
 
+/** The envelope of a `choices` result (text and chat completions differ only in `object`). */
+export function choicesEnvelope(
+  object: string,
+  meta: ResponseMeta,
+  usage: Usage | null,
+  systemFingerprint: string | undefined,
+): [head: string, tail: string] {
+  const fingerprint =
+    systemFingerprint === undefined ? '' : `,"system_fingerprint":${JSON.stringify(systemFingerprint)}`;
+  return [
+    `{"id":${JSON.stringify(meta.id)},"object":${JSON.stringify(object)},"created":${meta.created},"model":${JSON.stringify(meta.model)}${fingerprint},"choices":`,
+    `,"usage":${JSON.stringify(usageOrZero(usage))}}`,
+  ];
+}
+
 /** A usage object for an envelope: the backend's, or zeros when it reported none. */
 export function usageOrZero(usage: Usage | null): Usage {
   return usage ?? { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
