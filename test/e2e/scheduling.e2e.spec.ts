@@ -311,7 +311,7 @@ describe('scheduling: waiting for capacity, by priority and in turns across toke
     const high = await stack.createKey({ name: 'metrics-high', priority: 'high' });
     const before = (await scrapeMetrics(base())).samples;
 
-    const holders = [0, 1].map((i) => timedCompletion(base(), normal, cappedBody(`hold ${i}`, randomUUID(), 1_000)));
+    const holders = [0, 1].map((i) => timedCompletion(base(), normal, cappedBody(`hold ${i}`, randomUUID(), 1_500)));
     await waitUntil('the holders to run', () => capped.inFlight() === CAP, 5_000);
     const waiters = [
       timedCompletion(base(), normal, cappedBody('waiting normal', randomUUID())),
@@ -324,7 +324,7 @@ describe('scheduling: waiting for capacity, by priority and in turns across toke
         seenWaiting = (await waitingGauge(base(), 'capped')) ?? 0;
         return seenWaiting >= 2;
       },
-      900,
+      1_300,
       50,
     );
     const during = await scrapeMetrics(base());
@@ -349,7 +349,7 @@ describe('scheduling: waiting for capacity, by priority and in turns across toke
     expect(delta('aqueduct_queue_wait_seconds_count', normalLabels)).toBe(3);
     expect(delta('aqueduct_queue_wait_seconds_count', highLabels)).toBe(1);
     expect(delta('aqueduct_queue_wait_seconds_bucket', { ...normalLabels, le: '+Inf' })).toBe(3);
-    // The two waiters waited ~1 s for the holders' slots.
+    // The two waiters waited ~1.5 s for the holders' slots.
     expect(delta('aqueduct_queue_wait_seconds_sum', normalLabels)).toBeGreaterThan(0.5);
     expect(delta('aqueduct_queue_wait_seconds_sum', highLabels)).toBeGreaterThan(0.5);
     const buckets = after.filter(
