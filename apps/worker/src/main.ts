@@ -1,12 +1,5 @@
 import 'reflect-metadata';
-import {
-  announceRedisWait,
-  AppConfig,
-  AppLogger,
-  armShutdownDeadline,
-  runProcess,
-  CONTROL_SERVER,
-} from '@app/common';
+import { announceRedisWait, AppConfig, AppLogger, armShutdownDeadline, runProcess, CONTROL_SERVER } from '@app/common';
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { ServerRedis } from '@nestjs/microservices';

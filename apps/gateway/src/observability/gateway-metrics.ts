@@ -34,12 +34,7 @@ export class GatewayMetrics {
   private readonly cancellations: Counter<'reason'>;
   private readonly queueWait: Histogram<'model' | 'priority'>;
 
-  constructor(
-    queues: ModelQueues,
-    workers: WorkerRegistryService,
-    relay: RelayService,
-    limits: LimitsService,
-  ) {
+  constructor(queues: ModelQueues, workers: WorkerRegistryService, relay: RelayService, limits: LimitsService) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     const labelNames = ['route', 'method', 'model', 'status'] as const;
@@ -78,7 +73,10 @@ export class GatewayMetrics {
     });
     const countsByModel = () =>
       Promise.all(
-        [...queues.entries()].map(async ([model, queue]) => ({ model, counts: await queue.getJobCounts(...QUEUE_STATES) })),
+        [...queues.entries()].map(async ([model, queue]) => ({
+          model,
+          counts: await queue.getJobCounts(...QUEUE_STATES),
+        })),
       );
     new Gauge({
       name: 'aqueduct_queue_jobs',

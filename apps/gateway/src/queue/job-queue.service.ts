@@ -1,11 +1,4 @@
-import {
-  ApiError,
-  AppConfig,
-  claimTtlMs,
-  completionJobId,
-  type CompletionJobData,
-  ModelQueues,
-} from '@app/common';
+import { ApiError, AppConfig, claimTtlMs, completionJobId, type CompletionJobData, ModelQueues } from '@app/common';
 import type Redis from 'ioredis';
 import { InjectRedis } from '../redis/redis.tokens';
 import { Injectable, Logger } from '@nestjs/common';

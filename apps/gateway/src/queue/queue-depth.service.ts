@@ -33,7 +33,9 @@ export class QueueDepthService implements OnModuleInit, OnApplicationShutdown {
   private async refresh(): Promise<void> {
     try {
       const counts = await Promise.all(
-        [...this.queues.entries()].map(async ([model, q]) => [model, await q.getJobCountByTypes('waiting', 'prioritized')] as const),
+        [...this.queues.entries()].map(
+          async ([model, q]) => [model, await q.getJobCountByTypes('waiting', 'prioritized')] as const,
+        ),
       );
       let total = 0;
       for (const [model, n] of counts) {

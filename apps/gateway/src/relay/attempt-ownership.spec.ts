@@ -74,10 +74,12 @@ describe('AttemptOwnership', () => {
       expect(await ownership.held([{ rid: 'rid-b', att: 0, model: MODEL }])).toEqual([true]);
       // A process that dies renews nothing: stop this one's renewals without releasing the lock.
       await worker.close(true);
-      await waitUntil('the lock to lapse', async () => !(await ownership.held([{ rid: 'rid-b', att: 0, model: MODEL }]))[0], 5_000);
-      expect(await redis.exists(`${names.bullPrefix}:${QUEUE}:${completionJobId('rid-b', 0)}:lock`)).toBe(
-        0,
+      await waitUntil(
+        'the lock to lapse',
+        async () => !(await ownership.held([{ rid: 'rid-b', att: 0, model: MODEL }]))[0],
+        5_000,
       );
+      expect(await redis.exists(`${names.bullPrefix}:${QUEUE}:${completionJobId('rid-b', 0)}:lock`)).toBe(0);
     } finally {
       await queue.close();
     }

@@ -105,7 +105,9 @@ export class QueueModule {
   static forRole(role: QueueRole) {
     return {
       module: QueueModule,
-      providers: [{ provide: ModelQueues, inject: [AppConfig], useFactory: (c: AppConfig) => new ModelQueues(c, role) }],
+      providers: [
+        { provide: ModelQueues, inject: [AppConfig], useFactory: (c: AppConfig) => new ModelQueues(c, role) },
+      ],
       exports: [ModelQueues],
     };
   }
