@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { modelQueueName } from '@app/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { postCompletion } from '../support/http';
 import { simulatorDeployment, writeModelList } from '../support/router-config';
@@ -110,7 +111,7 @@ describe('queue dashboard', () => {
     }
   });
 
-  it('shows the completion queue and its jobs without prompts, tokens or keys', async () => {
+  it('shows every model queue and its jobs without prompts, tokens or keys', async () => {
     const prompt = `dashboard-prompt-${randomUUID()}`;
     const upstreamLike = `sk-${randomUUID().replaceAll('-', '')}`;
     const abort = new AbortController();
@@ -122,20 +123,21 @@ describe('queue dashboard', () => {
       for (let i = 0; i < 50 && jobs.length === 0; i++) {
         await new Promise((r) => setTimeout(r, 50));
         const res = await get(
-          '/admin/queues/api/queues?activeQueue=completions&status=active&page=1&jobsPerPage=10',
+          `/admin/queues/api/queues?activeQueue=${encodeURIComponent(modelQueueName('slow'))}&status=active&page=1&jobsPerPage=10`,
           basic(ADMIN_KEY),
         );
         expect(res.status).toBe(200);
         body = await res.text();
         const queues = (JSON.parse(body) as { queues: { name: string; readOnlyMode: boolean; jobs: typeof jobs }[] })
           .queues;
-        expect(queues.map((q) => q.name)).toEqual(['completions']);
+        // One queue per model, its waiting line included.
+        expect(queues.map((q) => q.name)).toEqual([modelQueueName('slow')]);
         expect(queues[0]?.readOnlyMode).toBe(true);
         jobs = queues[0]?.jobs ?? [];
       }
       expect(jobs).toHaveLength(1);
       const data = jobs[0]?.data as { model: string; tokenId: string; params: Record<string, unknown> };
-      expect(jobs[0]?.name).toBe('slow');
+      expect(jobs[0]?.name).toBe('completion');
       expect(data.model).toBe('slow');
       expect(data.tokenId).toMatch(/^tok_/);
       expect(data.params.prompt).toBe(`[redacted: ${prompt.length} characters]`);
@@ -144,7 +146,11 @@ describe('queue dashboard', () => {
         expect(body).not.toContain(secret);
       }
       // Read-only: actions are refused by Bull Board itself.
-      const pause = await get('/admin/queues/api/queues/completions/pause', basic(ADMIN_KEY), 'PUT');
+      const pause = await get(
+        `/admin/queues/api/queues/${encodeURIComponent(modelQueueName('slow'))}/pause`,
+        basic(ADMIN_KEY),
+        'PUT',
+      );
       expect(pause.status).toBe(405);
     } finally {
       abort.abort();

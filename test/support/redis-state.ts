@@ -2,9 +2,26 @@ import type { Stack } from './stack';
 
 /** Reads of a stack's Redis state that several suites assert on: queue lengths and usage records. */
 
-/** Jobs in one BullMQ list of the completion queue (`wait`: queued, `active`: running). */
-export function queueLength(stack: Stack, list: 'wait' | 'active'): Promise<number> {
-  return stack.redis.llen(`${stack.prefix}:bull:completions:${list}`);
+/**
+ * Jobs of every model queue together: `wait`, those waiting for a worker or for capacity
+ * (BullMQ keeps prioritized jobs, which all of ours are, in a ZSET of their own), or
+ * `active`, those running.
+ */
+export async function queueLength(stack: Stack, list: 'wait' | 'active'): Promise<number> {
+  const base = `${stack.prefix}:bull:inference-`;
+  const count = async (suffix: string, len: (key: string) => Promise<number>) => {
+    const keys = await stack.redis.keys(`${base}*:${suffix}`);
+    const sizes = await Promise.all(keys.map(len));
+    return sizes.reduce((a, b) => a + b, 0);
+  };
+  if (list === 'active') {
+    return count('active', (k) => stack.redis.llen(k));
+  }
+  const [waiting, prioritized] = await Promise.all([
+    count('wait', (k) => stack.redis.llen(k)),
+    count('prioritized', (k) => stack.redis.zcard(k)),
+  ]);
+  return waiting + prioritized;
 }
 
 /** Every usage record written so far, parsed, oldest first. */

@@ -32,6 +32,7 @@ import { RouteTable } from './http/route-table';
 import { ModelCatalogService } from './models/model-catalog.service';
 import { ModelsController } from './models/models.controller';
 import { JobQueueService } from './queue/job-queue.service';
+import { DrainEstimator } from './queue/drain-estimator';
 import { QueueDepthService } from './queue/queue-depth.service';
 import { LimitsService } from './limits/limits.service';
 import { RefusalCounter } from './usage/refusal-counter';
@@ -67,6 +68,7 @@ import { WorkerRegistryService } from './workers/worker-registry.service';
     RelayService,
     JobQueueService,
     QueueDepthService,
+    DrainEstimator,
     LimitsService,
     UsageService,
     RefusalCounter,

@@ -4,18 +4,14 @@ import {
   announceRedisWait,
   AppLogger,
   armShutdownDeadline,
-  COMPLETIONS_QUEUE,
   runProcess,
-  trackBullmq,
   CONTROL_SERVER,
   OPERATIONS,
 } from '@app/common';
-import { getQueueToken } from '@nestjs/bullmq';
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
-import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
 import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
@@ -59,7 +55,6 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   // SIGTERM works whatever Redis does: the hooks get the grace period plus a margin, then the
   // connections are force-closed, then the process exits.
   armShutdownDeadline({ graceMs: config.env.AQUEDUCT_SHUTDOWN_GRACE_MS });
-  trackBullmq(app.get<Queue>(getQueueToken(COMPLETIONS_QUEUE)));
   // Heartbeats from workers arrive on the control transport: the gateway is a hybrid app.
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) }, { inheritAppConfig: true });
   // None of these waits for Redis (subscriptions and seeding run in the background): the

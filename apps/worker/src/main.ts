@@ -1,20 +1,8 @@
 import 'reflect-metadata';
-import {
-  announceRedisWait,
-  AppConfig,
-  AppLogger,
-  armShutdownDeadline,
-  COMPLETIONS_QUEUE,
-  runProcess,
-  trackBullmq,
-  watchBullmq,
-  CONTROL_SERVER,
-} from '@app/common';
-import { getQueueToken } from '@nestjs/bullmq';
+import { announceRedisWait, AppConfig, AppLogger, armShutdownDeadline, runProcess, CONTROL_SERVER } from '@app/common';
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { ServerRedis } from '@nestjs/microservices';
-import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
 import { REDIS_PUBLISHER } from './tokens';
 import { WorkerIdentity } from './worker-identity';
@@ -33,11 +21,6 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   // SIGTERM works whatever Redis does: the hooks get the grace period plus a margin, then the
   // connections are force-closed, then the process exits.
   armShutdownDeadline({ graceMs: config.env.AQUEDUCT_SHUTDOWN_GRACE_MS });
-  // The queue's producer connection (the processor's Worker has its own): without an 'error'
-  // listener BullMQ prints every reconnect attempt to stderr, not as JSON.
-  const queue = app.get<Queue>(getQueueToken(COMPLETIONS_QUEUE));
-  trackBullmq(queue);
-  watchBullmq(queue, 'queue');
   app.connectMicroservice({ strategy: app.get<ServerRedis>(CONTROL_SERVER) });
   // Nothing here waits for Redis: the BullMQ worker and the control transport connect in
   // the background and the worker takes jobs as soon as Redis answers.

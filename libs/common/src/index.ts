@@ -26,3 +26,4 @@ export * from './process-entry';
 export * from './operations';
 export * from './usage/usage-builder';
 export * from './wiring';
+export * from './scheduling/turns';

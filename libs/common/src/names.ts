@@ -2,18 +2,27 @@
  * Every Redis key, channel and queue name, defined once. All of them live under
  * AQUEDUCT_REDIS_PREFIX so that deployments and test runs can share one Redis.
  */
-export const COMPLETIONS_QUEUE = 'completions';
+/**
+ * The BullMQ queue of one model: every model has its own, so that a model without free
+ * capacity holds back only its own jobs (BullMQ's global concurrency is per queue). BullMQ
+ * forbids ':' in queue names, so the model name is URI-encoded (which also encodes braces);
+ * the braces around it make it the Redis Cluster hash tag, so that each model's queue
+ * keys share one slot and different models' queues spread over the shards.
+ */
+export function modelQueueName(model: string): string {
+  return `inference-{${encodeURIComponent(model)}}`;
+}
 
 export function redisNames(prefix: string) {
   return {
     prefix,
-    /** BullMQ's own key prefix; the queue is `<prefix>:bull:completions:*`. */
+    /** BullMQ's own key prefix; a model's queue is `<prefix>:bull:<modelQueueName>:*`. */
     bullPrefix: `${prefix}:bull`,
     /**
-     * The lock BullMQ (6.x: `<queue key>:<jobId>:lock`) holds on an active completion job,
-     * renewed by the worker process running it: its existence proves that process alive.
+     * The lock BullMQ (6.x: `<queue key>:<jobId>:lock`) holds on an active job, renewed by
+     * the worker process running it: its existence proves that process alive.
      */
-    completionJobLock: (jobId: string) => `${prefix}:bull:${COMPLETIONS_QUEUE}:${jobId}:lock`,
+    jobLock: (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}:lock`,
     /** HASH sha256(key) → token record JSON: auth is one HGET. */
     tokensByHash: `${prefix}:tokens:by-hash`,
     /** HASH token id → sha256(key), for listing and revocation by id. */
@@ -24,6 +33,11 @@ export function redisNames(prefix: string) {
     limiter: (tokenId: string) => `${prefix}:limits:{${tokenId}}`,
     /** ZSET request id → lease expiry: the token's admitted requests (max_parallel_requests). */
     tokenLeases: (tokenId: string) => `${prefix}:inflight:{${tokenId}}`,
+    /**
+     * ZSET request id → lease expiry: the token's admitted requests for one model. Its size
+     * is the request's turn among the model's waiting requests (see scheduling/turns.ts).
+     */
+    tokenModelLeases: (tokenId: string, model: string) => `${prefix}:inflight:{${tokenId}}:${model}`,
     /**
      * HASH "<token id>|<model>|<status>" → count of requests refused before admission. Fixed
      * size (tokens × models × statuses): a flood of refusals never grows Redis.

@@ -1,7 +1,5 @@
-import { ApiError, COMPLETIONS_QUEUE } from '@app/common';
-import { InjectQueue } from '@nestjs/bullmq';
+import { ApiError, ModelQueues } from '@app/common';
 import { Controller, Get, Header } from '@nestjs/common';
-import type { Queue } from 'bullmq';
 import type Redis from 'ioredis';
 import { Public } from '../auth/public.decorator';
 import { GatewayDrain } from './gateway-drain';
@@ -28,7 +26,7 @@ const REDIS_TIMEOUT_MS = 1_000;
 export class HealthController {
   constructor(
     @InjectRedis() private readonly redis: Redis,
-    @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue,
+    private readonly queues: ModelQueues,
     private readonly workers: WorkerRegistryService,
     private readonly relay: RelayService,
     private readonly drain: GatewayDrain,
@@ -48,7 +46,7 @@ export class HealthController {
     }
     const [command, queue] = await Promise.all([
       this.answers(this.redis.ping()),
-      this.answers(this.queue.getJobCounts('waiting')),
+      this.answers(this.queues.connection.ping()),
     ]);
     // The relay inbox too: a request admitted before it is subscribed would never hear back.
     if (!command || !queue || !this.relay.listening) {

@@ -19,17 +19,25 @@ import type { RunDeps } from './run-deps';
 /** Extra time past the job deadline before the gateway gives up on the worker reporting it. */
 const DEADLINE_GRACE_MS = 2_000;
 
+/** The response header telling how long an admitted request waited for capacity. */
+export const QUEUE_MS_HEADER = 'x-aqueduct-queue-ms';
+
 /**
  * One admitted request from enqueue to its last byte, and the rules of its relay in one
  * place: a worker lost before any output is replaced once (retry), a job not yet started
  * is taken back when the client leaves or the deadline passes (withdraw), and a started
- * attempt the gateway gives up on is recorded here unless its worker did (abandon). Every
- * admitted request leaves exactly one usage record: from its worker, or from here.
+ * attempt the gateway gives up on is recorded here unless its worker did (abandon). A job
+ * still waiting for capacity at its queue deadline is withdrawn and answered 503
+ * `queue_timeout` (the upstream never sees it). Every admitted request leaves exactly one
+ * usage record: from its worker, or from here.
  */
 export class InferenceRun {
   private session?: RelaySession;
   private responder?: Responder;
   private deadlineTimer?: NodeJS.Timeout;
+  private queueTimer?: NodeJS.Timeout;
+  /** Epoch ms when a worker first started the request (its wait for capacity ended); null before. */
+  private startedAt: number | null = null;
   /** What the relay has brought of the current attempt (earlier attempts' output is dropped). */
   private readonly relayed: Produced = { ...NOTHING_PRODUCED };
 
@@ -39,6 +47,8 @@ export class InferenceRun {
     readonly job: CompletionJobData,
     readonly includeUsage: boolean,
     private readonly admitted: Admitted,
+    /** The BullMQ priority of its jobs: the token's band and its turn (scheduling/turns.ts). */
+    private readonly priority: number,
   ) {}
 
   get stream(): boolean {
@@ -48,6 +58,16 @@ export class InferenceRun {
   /** The admission's rate-limit headers, for the response. */
   get headers(): Record<string, string> {
     return this.admitted.headers;
+  }
+
+  /** Milliseconds waited for capacity: until a worker started it, or until now while it waits. */
+  get queueMs(): number {
+    return Math.max(0, (this.startedAt ?? this.deps.clock.now()) - this.job.meta.startedAt);
+  }
+
+  /** Headers known only once the response is written (the responders ask at commit). */
+  lateHeaders(): Record<string, string> {
+    return { [QUEUE_MS_HEADER]: String(Math.round(this.queueMs)) };
   }
 
   get responseMeta(): ResponseMeta {
@@ -60,13 +80,15 @@ export class InferenceRun {
     this.responder = responder;
     const session = this.deps.relay.open(
       this.job.rid,
+      this.job.model,
       (msg) => this.onMessage(msg),
       () => this.retryOnce(),
     );
     session.onLost = () => this.abandon(502, 'error');
     this.session = session;
-    const { deadline, meta } = this.job;
+    const { deadline, queueDeadline, meta } = this.job;
     this.deadlineTimer = setTimeout(() => this.onDeadline(), deadline - meta.startedAt + DEADLINE_GRACE_MS);
+    this.queueTimer = setTimeout(() => void this.onQueueTimeout(), queueDeadline - this.deps.clock.now());
     void this.enqueue(0);
   }
 
@@ -77,6 +99,10 @@ export class InferenceRun {
    */
   end(finished: boolean): void {
     clearTimeout(this.deadlineTimer);
+    clearTimeout(this.queueTimer);
+    if (this.startedAt !== null) {
+      this.deps.drain.observe(this.job.model, this.deps.clock.now() - this.startedAt);
+    }
     this.responder?.close();
     this.deps.relay.close(this.job.rid);
     this.admitted.release();
@@ -98,8 +124,12 @@ export class InferenceRun {
   private onMessage(msg: RelayMessage): void {
     const relayed = this.relayed;
     if (msg.t === 'start') {
+      this.onStarted();
       // A new attempt starts from nothing: its worker's output is all that will be charged.
-      Object.assign(relayed, NOTHING_PRODUCED, { deployment: msg.deployment === '' ? null : msg.deployment });
+      Object.assign(relayed, NOTHING_PRODUCED, {
+        deployment: msg.deployment === '' ? null : msg.deployment,
+        queueMs: this.queueMs,
+      });
     } else if (msg.t === 'chunk' || msg.t === 'result') {
       relayed.firstAt ??= this.deps.clock.now();
       OPERATIONS[this.job.op].countOutput(relayed, msg.t === 'chunk' ? msg.choices : (msg.output ?? []));
@@ -108,6 +138,31 @@ export class InferenceRun {
       relayed.chars += msg.raw.length; // raw JSON: an over-estimate, for a record only a lost worker leaves
     }
     this.responder?.onMessage(msg);
+  }
+
+  /** The first worker took the job: its wait for capacity is over. */
+  private onStarted(): void {
+    if (this.startedAt !== null) {
+      return;
+    }
+    this.startedAt = this.deps.clock.now();
+    clearTimeout(this.queueTimer);
+    this.deps.metrics.observeQueueWait(this.job.model, this.job.priority, this.queueMs / 1000);
+  }
+
+  /**
+   * Still waiting at the queue deadline: withdrawn, unless a worker takes it at this very
+   * moment (the claim decides; then it runs as usual). Retry-After is how long the line
+   * ahead would take to drain at the model's capacity.
+   */
+  private async onQueueTimeout(): Promise<void> {
+    if (this.startedAt !== null || !(await this.deps.queue.withdraw(this.job, this.session?.attempt ?? 0))) {
+      return;
+    }
+    const waited = this.queueMs;
+    this.deps.metrics.observeQueueWait(this.job.model, this.job.priority, waited / 1000);
+    this.record({ ...NOTHING_PRODUCED, queueMs: waited }, 503, 'timeout');
+    this.responder?.fail(ApiError.queueTimeout(waited, this.deps.drain.retryAfterMs(this.job.model)));
   }
 
   /** A worker that died before sending output is replaced once, transparently. */
@@ -129,7 +184,7 @@ export class InferenceRun {
 
   private async enqueue(att: number): Promise<void> {
     try {
-      await this.deps.queue.enqueue({ ...this.job, att });
+      await this.deps.queue.enqueue({ ...this.job, att }, this.priority);
     } catch (err) {
       const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
       this.record(NOTHING_PRODUCED, error.status, 'error');
@@ -144,8 +199,8 @@ export class InferenceRun {
    */
   private async withdraw(status: number, outcome: UsageOutcome, ifStarted: 'abandon' | 'later'): Promise<void> {
     const att = this.session?.attempt ?? 0;
-    if (await this.deps.queue.withdraw(this.job.rid, att, this.job.deadline)) {
-      this.record(NOTHING_PRODUCED, status, outcome);
+    if (await this.deps.queue.withdraw(this.job, att)) {
+      this.record({ ...NOTHING_PRODUCED, queueMs: this.queueMs }, status, outcome);
     } else if (ifStarted === 'abandon') {
       this.abandon(status, outcome);
     } else {

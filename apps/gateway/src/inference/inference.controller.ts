@@ -65,8 +65,9 @@ export class InferenceController {
           commitTimeoutMs: this.config.env.AQUEDUCT_COMMIT_TIMEOUT_MS,
           maxBufferedBytes: MAX_BUFFERED_BYTES,
           onSlowClient: () => run.cancel('slow_client'),
+          lateHeaders: () => run.lateHeaders(),
         })
-      : new JsonResponder(res, op, run.responseMeta);
+      : new JsonResponder(res, op, run.responseMeta, () => run.lateHeaders());
     await new Promise<void>((resolve) => {
       res.once('close', () => {
         run.end(responder.finished);

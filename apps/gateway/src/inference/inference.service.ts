@@ -5,6 +5,7 @@ import {
   COMPLETION_JOB_VERSION,
   type CompletionJobData,
   jobParams,
+  jobPriority,
   type ModelEntry,
   type OperationSpec,
   type RequestMeta,
@@ -14,6 +15,8 @@ import { Injectable } from '@nestjs/common';
 import { ControlService } from '../control/control.service';
 import { LimitsService } from '../limits/limits.service';
 import { ModelCatalogService } from '../models/model-catalog.service';
+import { GatewayMetrics } from '../observability/gateway-metrics';
+import { DrainEstimator } from '../queue/drain-estimator';
 import { JobQueueService } from '../queue/job-queue.service';
 import { QueueDepthService } from '../queue/queue-depth.service';
 import { RelayService } from '../relay/relay.service';
@@ -52,8 +55,11 @@ export class InferenceService {
     queue: JobQueueService,
     control: ControlService,
     usage: UsageService,
+    metrics: GatewayMetrics,
+    drain: DrainEstimator,
   ) {
-    this.deps = { clock, relay, queue, control, usage, idleTimeoutMs: config.env.AQUEDUCT_IDLE_TIMEOUT_MS };
+    const idleTimeoutMs = config.env.AQUEDUCT_IDLE_TIMEOUT_MS;
+    this.deps = { clock, relay, queue, control, usage, metrics, drain, idleTimeoutMs };
   }
 
   /**
@@ -83,6 +89,7 @@ export class InferenceService {
       user: request.user,
       userId: request.userId,
     };
+    const deadline = startedAt + this.timeoutMs(model);
     const job: CompletionJobData = {
       v: COMPLETION_JOB_VERSION,
       rid: client.rid,
@@ -92,11 +99,14 @@ export class InferenceService {
       model: model.name,
       stream: request.stream,
       params,
-      deadline: startedAt + this.timeoutMs(model),
+      deadline,
+      queueDeadline: Math.min(deadline, startedAt + this.config.env.AQUEDUCT_MAX_QUEUE_WAIT_MS),
       tokenId: token.id,
+      priority: token.priority,
       meta,
     };
-    return new InferenceRun(this.deps, job, request.includeUsage, admitted);
+    const priority = jobPriority(token.priority, admitted.turn);
+    return new InferenceRun(this.deps, job, request.includeUsage, admitted, priority);
   }
 
   /** Refuses at once when no worker is alive or the queue is too deep, instead of queueing into the void. */

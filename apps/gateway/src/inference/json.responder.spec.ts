@@ -42,7 +42,7 @@ beforeAll(async () => {
   app.get('/', (_req, res) => {
     void pending.then((messages) => {
       const responder = new JsonResponder(res, operation, meta);
-      const session = new RelaySession('r', (m) => responder.onMessage(m));
+      const session = new RelaySession('r', 'm', (m) => responder.onMessage(m));
       messages.forEach((m, i) => session.accept(m, i));
     });
   });

@@ -1,7 +1,7 @@
 import { ApiError, type OperationSpec, type RelayMessage, type ResponseMeta } from '@app/common';
 import type { Response } from 'express';
 import { sendApiError } from '../http/error-response';
-import type { Responder } from './responder';
+import { type LateHeaders, NO_LATE_HEADERS, type Responder, setLateHeaders } from './responder';
 
 /**
  * Answers a non-stream request from the worker's `result` message. When the result was too
@@ -19,6 +19,7 @@ export class JsonResponder implements Responder {
     private readonly res: Response,
     private readonly op: OperationSpec,
     private readonly meta: ResponseMeta,
+    private readonly lateHeaders: LateHeaders = NO_LATE_HEADERS,
   ) {}
 
   get finished(): boolean {
@@ -52,6 +53,7 @@ export class JsonResponder implements Responder {
     }
     this.ended = true;
     this.parts = undefined; // a large partial result must not outlive its request
+    setLateHeaders(this.res, this.lateHeaders);
     sendApiError(this.res, err);
   }
 
@@ -59,6 +61,7 @@ export class JsonResponder implements Responder {
     const res = this.res;
     res.statusCode = 200;
     res.setHeader('content-type', 'application/json; charset=utf-8');
+    setLateHeaders(res, this.lateHeaders);
     if (output.length === 1) {
       res.end(head + output[0] + tail);
       return;

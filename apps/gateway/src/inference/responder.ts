@@ -13,3 +13,14 @@ export interface Responder {
   /** The response closed: let go of timers and buffers. */
   close(): void;
 }
+
+/** Headers whose value is known only when the response is written (`x-aqueduct-queue-ms`). */
+export type LateHeaders = () => Record<string, string>;
+
+export const NO_LATE_HEADERS: LateHeaders = () => ({});
+
+export function setLateHeaders(res: { setHeader(name: string, value: string): unknown }, headers: LateHeaders): void {
+  for (const [name, value] of Object.entries(headers())) {
+    res.setHeader(name, value);
+  }
+}

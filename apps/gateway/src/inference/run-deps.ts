@@ -1,5 +1,7 @@
 import type { Clock } from '@app/common';
 import type { ControlService } from '../control/control.service';
+import type { GatewayMetrics } from '../observability/gateway-metrics';
+import type { DrainEstimator } from '../queue/drain-estimator';
 import type { JobQueueService } from '../queue/job-queue.service';
 import type { RelayService } from '../relay/relay.service';
 import type { UsageService } from '../usage/usage.service';
@@ -11,5 +13,7 @@ export interface RunDeps {
   queue: JobQueueService;
   control: ControlService;
   usage: UsageService;
+  metrics: Pick<GatewayMetrics, 'observeQueueWait'>;
+  drain: DrainEstimator;
   idleTimeoutMs: number;
 }

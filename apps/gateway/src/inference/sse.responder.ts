@@ -2,7 +2,7 @@ import { ApiError, type ChunkMessage, type RelayMessage, type ResponseMeta, type
 import type { Response } from 'express';
 import { sendApiError } from '../http/error-response';
 import { markFirstToken } from '../http/request-state';
-import type { Responder } from './responder';
+import { type LateHeaders, type Responder, setLateHeaders } from './responder';
 
 export interface SseOptions {
   /** `object` of every chunk: `text_completion` or `chat.completion.chunk`. */
@@ -13,6 +13,8 @@ export interface SseOptions {
   /** Bytes the client may leave unread before it is cut off (slow-client protection). */
   maxBufferedBytes: number;
   onSlowClient: () => void;
+  /** Asked when the status is written (at the first token, the commit timeout, or an early error). */
+  lateHeaders: LateHeaders;
 }
 
 const PING_MS = 15_000;
@@ -87,6 +89,7 @@ export class SseResponder implements Responder {
     }
     if (!this.committed) {
       this.stop();
+      setLateHeaders(this.res, this.opts.lateHeaders);
       sendApiError(this.res, err);
       return;
     }
@@ -113,6 +116,7 @@ export class SseResponder implements Responder {
     this.committed = true;
     clearTimeout(this.timer);
     this.res.writeHead(200, {
+      ...this.opts.lateHeaders(),
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache, no-transform',
       connection: 'keep-alive',

@@ -22,6 +22,8 @@ const LABELS = {
 /** An admitted request: its rate-limit headers and the slot it holds until `release()`. */
 export interface Admitted {
   headers: Record<string, string>;
+  /** The token's requests for the model in flight, this one included: its turn in the model's queue. */
+  turn: number;
   /** Gives the token's concurrency slot back; idempotent. */
   release: () => void;
 }
@@ -36,8 +38,8 @@ export interface Admitted {
 export class LimitsService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger(LimitsService.name);
   private readonly admission: TokenAdmission;
-  /** Token id → ids of the requests this gateway holds a lease for. */
-  private readonly held = new Map<string, Set<string>>();
+  /** Token id → the requests this gateway holds a lease for (request id → model). */
+  private readonly held = new Map<string, Map<string, string>>();
   private timer?: NodeJS.Timeout;
 
   constructor(
@@ -63,6 +65,7 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
     try {
       decision = await this.admission.check(token, {
         rid,
+        model: model.name,
         weight: 1 / model.requestLimitMultiplier,
         maxParallel: token.max_parallel_requests ?? this.config.env.AQUEDUCT_DEFAULT_MAX_PARALLEL,
         now,
@@ -73,11 +76,12 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
     if (!decision.allowed) {
       throw this.refusal(token, decision);
     }
-    const rids = this.held.get(token.id) ?? new Set<string>();
-    this.held.set(token.id, rids.add(rid));
+    const rids = this.held.get(token.id) ?? new Map<string, string>();
+    this.held.set(token.id, rids.set(rid, model.name));
     let released = false;
     return {
       headers: decision.headers,
+      turn: decision.turn,
       release: () => {
         if (released) {
           return;
@@ -88,7 +92,7 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
           this.held.delete(token.id);
         }
         // A failed release only delays the slot until its lease expires.
-        this.admission.release(token.id, rid).catch(() => undefined);
+        this.admission.release(token.id, model.name, rid).catch(() => undefined);
       },
     };
   }

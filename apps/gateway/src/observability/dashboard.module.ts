@@ -1,9 +1,9 @@
-import { AdminCredentials, adminRefusal, ApiError, AppConfig, COMPLETIONS_QUEUE } from '@app/common';
+import { AdminCredentials, adminRefusal, ApiError, AppConfig, ModelQueues } from '@app/common';
 import type { AppViewRoute, QueueAdapterOptions } from '@bull-board/api/typings/app';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
-import { BullBoardModule } from '@bull-board/nestjs';
-import { Module } from '@nestjs/common';
+import { type BullBoardInstance, BullBoardModule, InjectBullBoard } from '@bull-board/nestjs';
+import { Injectable, Module, type OnModuleInit } from '@nestjs/common';
 import type { Queue } from 'bullmq';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { sendApiError } from '../http/error-response';
@@ -97,10 +97,33 @@ export function dashboardGuard(config: AppConfig): RequestHandler {
 }
 
 /**
- * Bull Board at /admin/queues, showing the completion queue read-only: jobs are single
- * attempts bound to a client connection, so retrying, adding or editing them from a UI
- * would replay streams nobody listens to (or write the redacted view back).
+ * Every model's queue on the board, read-only: jobs are single attempts bound to a client
+ * connection, so retrying, adding or editing them from a UI would replay streams nobody
+ * listens to (or write the redacted view back). A model's waiting line is its queue's
+ * "prioritized" jobs, in dispatch order (see scheduling/turns.ts).
  */
+@Injectable()
+export class DashboardQueues implements OnModuleInit {
+  constructor(
+    @InjectBullBoard() private readonly board: BullBoardInstance,
+    private readonly queues: ModelQueues,
+  ) {}
+
+  onModuleInit(): void {
+    for (const [model, queue] of this.queues.entries()) {
+      this.board.addQueue(
+        new RedactingBullMQAdapter(queue, {
+          readOnlyMode: true,
+          allowRetries: false,
+          displayName: model,
+          description: `Requests for ${model}: one job per attempt, waiting (prioritized) until a deployment has capacity, removed as soon as it ends.`,
+        }),
+      );
+    }
+  }
+}
+
+/** Bull Board at /admin/queues, behind the admin key. */
 @Module({
   imports: [
     BullBoardModule.forRootAsync({
@@ -112,15 +135,7 @@ export function dashboardGuard(config: AppConfig): RequestHandler {
         middleware: dashboardGuard(config),
       }),
     }),
-    BullBoardModule.forFeature({
-      name: COMPLETIONS_QUEUE,
-      adapter: RedactingBullMQAdapter,
-      options: {
-        readOnlyMode: true,
-        allowRetries: false,
-        description: 'Completion requests: one job per request attempt, removed as soon as it ends.',
-      },
-    }),
   ],
+  providers: [DashboardQueues],
 })
 export class DashboardModule {}

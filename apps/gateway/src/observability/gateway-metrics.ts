@@ -1,7 +1,5 @@
-import { COMPLETIONS_QUEUE, type CancelCommand } from '@app/common';
-import { InjectQueue } from '@nestjs/bullmq';
+import { type CancelCommand, ModelQueues, type TokenPriority } from '@app/common';
 import { Injectable } from '@nestjs/common';
-import type { Queue } from 'bullmq';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { LimitsService } from '../limits/limits.service';
 import { RelayService } from '../relay/relay.service';
@@ -10,6 +8,8 @@ import { WorkerRegistryService } from '../workers/worker-registry.service';
 /** Seconds; wide enough for long completions. */
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30];
+/** From "found capacity at once" (most requests, when sized well) to the longest allowed wait. */
+const QUEUE_WAIT_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 /** Queue states worth a gauge: what waits, what runs, what is scheduled for later. */
 const QUEUE_STATES = ['waiting', 'active', 'delayed', 'prioritized'] as const;
 
@@ -32,13 +32,9 @@ export class GatewayMetrics {
   private readonly duration: Histogram<keyof RequestLabels>;
   private readonly ttft: Histogram<'route' | 'model'>;
   private readonly cancellations: Counter<'reason'>;
+  private readonly queueWait: Histogram<'model' | 'priority'>;
 
-  constructor(
-    @InjectQueue(COMPLETIONS_QUEUE) queue: Queue,
-    workers: WorkerRegistryService,
-    relay: RelayService,
-    limits: LimitsService,
-  ) {
+  constructor(queues: ModelQueues, workers: WorkerRegistryService, relay: RelayService, limits: LimitsService) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     const labelNames = ['route', 'method', 'model', 'status'] as const;
@@ -68,19 +64,49 @@ export class GatewayMetrics {
       labelNames: ['reason'],
       registers,
     });
+    this.queueWait = new Histogram({
+      name: 'aqueduct_queue_wait_seconds',
+      help: "Time admitted requests waited in their model's queue for capacity, by model and token priority.",
+      labelNames: ['model', 'priority'],
+      buckets: QUEUE_WAIT_BUCKETS,
+      registers,
+    });
+    const countsByModel = () =>
+      Promise.all(
+        [...queues.entries()].map(async ([model, queue]) => ({
+          model,
+          counts: await queue.getJobCounts(...QUEUE_STATES),
+        })),
+      );
     new Gauge({
       name: 'aqueduct_queue_jobs',
-      help: 'Jobs in the completion queue by state, read from Redis at scrape time.',
-      labelNames: ['queue', 'state'],
+      help: "Jobs in each model's queue by state, read from Redis at scrape time.",
+      labelNames: ['model', 'state'],
       registers,
       async collect() {
         try {
-          const counts = await queue.getJobCounts(...QUEUE_STATES);
-          for (const state of QUEUE_STATES) {
-            this.set({ queue: COMPLETIONS_QUEUE, state }, counts[state] ?? 0);
+          for (const { model, counts } of await countsByModel()) {
+            for (const state of QUEUE_STATES) {
+              this.set({ model, state }, counts[state] ?? 0);
+            }
           }
         } catch {
           this.reset(); // Redis unreachable: no value is better than a stale one
+        }
+      },
+    });
+    new Gauge({
+      name: 'aqueduct_queue_waiting_requests',
+      help: 'Requests waiting for capacity in each model queue (all gateways), read from Redis at scrape time.',
+      labelNames: ['model'],
+      registers,
+      async collect() {
+        try {
+          for (const { model, counts } of await countsByModel()) {
+            this.set({ model }, (counts.waiting ?? 0) + (counts.prioritized ?? 0));
+          }
+        } catch {
+          this.reset();
         }
       },
     });
@@ -135,6 +161,10 @@ export class GatewayMetrics {
 
   observeFirstToken(route: string, model: string, seconds: number): void {
     this.ttft.observe({ route, model }, seconds);
+  }
+
+  observeQueueWait(model: string, priority: TokenPriority, seconds: number): void {
+    this.queueWait.observe({ model, priority }, seconds);
   }
 
   countCancel(reason: CancelCommand['reason']): void {

@@ -1,33 +1,51 @@
-import { ApiError, AppConfig, COMPLETIONS_QUEUE } from '@app/common';
-import { InjectQueue } from '@nestjs/bullmq';
+import { ApiError, AppConfig, ModelQueues } from '@app/common';
 import { Injectable, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
-import type { Queue } from 'bullmq';
 
 const REFRESH_MS = 500;
 
 /**
- * Admission by queue depth. The waiting count is refreshed twice a second in the
- * background instead of per request, so the check costs nothing on the hot path and
- * may overshoot the limit by at most half a second of arrivals.
+ * Admission by queue depth (all models' waiting requests together) and each model's own
+ * waiting count, for the Retry-After of a queue timeout. The counts are refreshed twice a
+ * second in the background instead of per request, so the check costs nothing on the hot
+ * path and may overshoot the limit by at most half a second of arrivals.
  */
 @Injectable()
 export class QueueDepthService implements OnModuleInit, OnApplicationShutdown {
   private waiting = 0;
+  private readonly byModel = new Map<string, number>();
   private timer?: NodeJS.Timeout;
 
   constructor(
     private readonly config: AppConfig,
-    @InjectQueue(COMPLETIONS_QUEUE) private readonly queue: Queue,
+    private readonly queues: ModelQueues,
   ) {}
 
   onModuleInit(): void {
-    this.timer = setInterval(() => {
-      this.queue.getWaitingCount().then(
-        (n) => (this.waiting = n),
-        () => undefined, // Redis down: requests fail at enqueue with 503 anyway
-      );
-    }, REFRESH_MS);
+    this.timer = setInterval(() => void this.refresh(), REFRESH_MS);
     this.timer.unref();
+  }
+
+  /** Requests of a model waiting for capacity, as of the last refresh. */
+  waitingFor(model: string): number {
+    return this.byModel.get(model) ?? 0;
+  }
+
+  private async refresh(): Promise<void> {
+    try {
+      const counts = await Promise.all(
+        [...this.queues.entries()].map(
+          async ([model, q]) => [model, await q.getJobCountByTypes('waiting', 'prioritized')] as const,
+        ),
+      );
+      let total = 0;
+      for (const [model, n] of counts) {
+        this.byModel.set(model, n);
+        total += n;
+      }
+      this.waiting = total;
+    } catch {
+      // Redis down: requests fail at enqueue with 503 anyway
+    }
   }
 
   onApplicationShutdown(): void {

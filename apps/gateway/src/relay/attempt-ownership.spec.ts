@@ -1,4 +1,4 @@
-import { COMPLETIONS_QUEUE, completionJobId, redisNames } from '@app/common';
+import { completionJobId, modelQueueName, redisNames } from '@app/common';
 import { Queue, Worker } from 'bullmq';
 import Redis from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -16,6 +16,9 @@ const prefix = uniquePrefix('ownership');
 const names = redisNames(prefix);
 const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: null });
 const ownership = new AttemptOwnership(redis, names);
+/** A model name BullMQ could not take as a queue name as it is (':'), as Ollama names models. */
+const MODEL = 'llama3:8b';
+const QUEUE = modelQueueName(MODEL);
 const connection = { host: '127.0.0.1', port: Number(new URL(REDIS_URL).port || 6379), maxRetriesPerRequest: null };
 
 afterAll(async () => {
@@ -25,9 +28,9 @@ afterAll(async () => {
 
 describe('AttemptOwnership', () => {
   it('is held while a worker runs the attempt, and not once the job finished', async () => {
-    const queue = new Queue(COMPLETIONS_QUEUE, { connection, prefix: names.bullPrefix });
+    const queue = new Queue(QUEUE, { connection, prefix: names.bullPrefix });
     let finish!: () => void;
-    const worker = new Worker(COMPLETIONS_QUEUE, () => new Promise<void>((resolve) => (finish = resolve)), {
+    const worker = new Worker(QUEUE, () => new Promise<void>((resolve) => (finish = resolve)), {
       connection,
       prefix: names.bullPrefix,
       lockDuration: 2_000,
@@ -37,17 +40,17 @@ describe('AttemptOwnership', () => {
       await waitUntil('the job to run', () => finish !== undefined);
       expect(
         await ownership.held([
-          { rid: 'rid-a', att: 0 },
-          { rid: 'rid-a', att: 1 },
-          { rid: 'other', att: 0 },
+          { rid: 'rid-a', att: 0, model: MODEL },
+          { rid: 'rid-a', att: 1, model: MODEL },
+          { rid: 'other', att: 0, model: MODEL },
         ]),
       ).toEqual([true, false, false]);
       // Past a lock duration: still held, because the running worker renews it.
       await new Promise((r) => setTimeout(r, 2_500));
-      expect(await ownership.held([{ rid: 'rid-a', att: 0 }])).toEqual([true]);
+      expect(await ownership.held([{ rid: 'rid-a', att: 0, model: MODEL }])).toEqual([true]);
       finish();
       await waitUntil('the job to complete', async () => (await queue.getJobCounts('active')).active === 0);
-      expect(await ownership.held([{ rid: 'rid-a', att: 0 }])).toEqual([false]);
+      expect(await ownership.held([{ rid: 'rid-a', att: 0, model: MODEL }])).toEqual([false]);
     } finally {
       await worker.close(true);
       await queue.close();
@@ -55,10 +58,10 @@ describe('AttemptOwnership', () => {
   }, 20_000);
 
   it('is not held once a dead worker stops renewing the lock', async () => {
-    const queue = new Queue(COMPLETIONS_QUEUE, { connection, prefix: names.bullPrefix });
+    const queue = new Queue(QUEUE, { connection, prefix: names.bullPrefix });
     let started = false;
     const worker = new Worker(
-      COMPLETIONS_QUEUE,
+      QUEUE,
       () => {
         started = true;
         return new Promise<void>(() => undefined);
@@ -68,13 +71,15 @@ describe('AttemptOwnership', () => {
     try {
       await queue.add('m', {}, { jobId: completionJobId('rid-b', 0) });
       await waitUntil('the job to run', () => started);
-      expect(await ownership.held([{ rid: 'rid-b', att: 0 }])).toEqual([true]);
+      expect(await ownership.held([{ rid: 'rid-b', att: 0, model: MODEL }])).toEqual([true]);
       // A process that dies renews nothing: stop this one's renewals without releasing the lock.
       await worker.close(true);
-      await waitUntil('the lock to lapse', async () => !(await ownership.held([{ rid: 'rid-b', att: 0 }]))[0], 5_000);
-      expect(await redis.exists(`${names.bullPrefix}:${COMPLETIONS_QUEUE}:${completionJobId('rid-b', 0)}:lock`)).toBe(
-        0,
+      await waitUntil(
+        'the lock to lapse',
+        async () => !(await ownership.held([{ rid: 'rid-b', att: 0, model: MODEL }]))[0],
+        5_000,
       );
+      expect(await redis.exists(`${names.bullPrefix}:${QUEUE}:${completionJobId('rid-b', 0)}:lock`)).toBe(0);
     } finally {
       await queue.close();
     }

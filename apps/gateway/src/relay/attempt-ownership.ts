@@ -4,6 +4,7 @@ import type Redis from 'ioredis';
 export interface AttemptRef {
   rid: string;
   att: number;
+  model: string;
 }
 
 /**
@@ -28,7 +29,7 @@ export class AttemptOwnership {
    */
   async held(attempts: readonly AttemptRef[]): Promise<boolean[]> {
     const counts = await Promise.all(
-      attempts.map((a) => this.redis.exists(this.names.completionJobLock(completionJobId(a.rid, a.att)))),
+      attempts.map((a) => this.redis.exists(this.names.jobLock(a.model, completionJobId(a.rid, a.att)))),
     );
     return counts.map((n) => n > 0);
   }

@@ -12,7 +12,7 @@ const chunk = (seq: number, att = 0, text = `t${seq}`): RelayMessage => ({
 
 function collect() {
   const seen: RelayMessage[] = [];
-  return { seen, session: new RelaySession('r', (m) => seen.push(m)) };
+  return { seen, session: new RelaySession('r', 'm', (m) => seen.push(m)) };
 }
 
 describe('RelaySession', () => {

@@ -31,6 +31,8 @@ export class RelaySession {
    */
   constructor(
     readonly rid: string,
+    /** The canonical model: its queue holds the attempts' jobs (and their locks). */
+    readonly model: string,
     private readonly listener: RelayListener,
     readonly onWorkerLost: () => boolean = () => false,
   ) {}

@@ -120,8 +120,8 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   }
 
   /** Registers a request before its job is enqueued, so no message can precede it. */
-  open(rid: string, listener: RelayListener, onWorkerLost?: () => boolean): RelaySession {
-    const session = new RelaySession(rid, listener, onWorkerLost);
+  open(rid: string, model: string, listener: RelayListener, onWorkerLost?: () => boolean): RelaySession {
+    const session = new RelaySession(rid, model, listener, onWorkerLost);
     this.sessions.set(rid, session);
     return session;
   }
@@ -179,7 +179,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   /** Fails over or fails the suspects whose job lock is gone; on a Redis error, decides nothing. */
   private async checkOwnership(suspects: RelaySession[]): Promise<void> {
     this.checking = true;
-    const attempts = suspects.map((s) => ({ session: s, rid: s.rid, att: s.attempt }));
+    const attempts = suspects.map((s) => ({ session: s, rid: s.rid, att: s.attempt, model: s.model }));
     try {
       const held = await this.ownership.held(attempts);
       attempts.forEach((a, i) => {

@@ -1,17 +1,17 @@
 import {
   AppConfig,
-  COMPLETIONS_QUEUE,
   type CompletionJobData,
   type CompletionJobResult,
   ConnectionStateLog,
   endBullmq,
+  ModelQueues,
+  modelQueueName,
   redisUsable,
   sleep,
   trackBullmq,
 } from '@app/common';
-import { OnWorkerEvent, Processor, WorkerHost } from '@nestjs/bullmq';
-import { type BeforeApplicationShutdown, Logger, type OnApplicationBootstrap } from '@nestjs/common';
-import type { Job } from 'bullmq';
+import { type BeforeApplicationShutdown, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
+import { type Job, Worker } from 'bullmq';
 import { CancellationRegistry } from '../control/cancellation.registry';
 import { HeartbeatService } from '../control/heartbeat.service';
 import { InferenceRunner } from './inference.runner';
@@ -21,33 +21,99 @@ const CANCELLED_SETTLE_MS = 600;
 /** After ending the worker's connections, how long close() gets to notice. */
 const FORCED_CLOSE_SETTLE_MS = 200;
 
+type InferenceJob = Job<CompletionJobData, CompletionJobResult>;
+
 /**
+ * Takes jobs from every model's queue: one BullMQ Worker per model, each blocking on its
+ * own queue (no polling), so a model whose deployments are full (its queue at its global
+ * concurrency) holds no slot of this process and the other models keep flowing.
+ *
  * `maxStalledCount: 0`: a job whose worker died is failed, never replayed by BullMQ,
  * because a replayed stream would duplicate tokens; the gateway alone decides retries.
+ *
+ * WORKER_CONCURRENCY bounds the jobs of the whole process: each Worker may take that many,
+ * and once the process runs that many in all, every Worker pauses fetching until one ends.
+ * A fetch already blocked in Redis when they pause may still bring one job each, so the
+ * bound can be passed by at most one job per model for a moment.
  */
-@Processor(COMPLETIONS_QUEUE, { concurrency: 1, maxStalledCount: 0 })
-export class InferenceProcessor extends WorkerHost implements OnApplicationBootstrap, BeforeApplicationShutdown {
+@Injectable()
+export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(InferenceProcessor.name);
   private readonly connection = ConnectionStateLog.for('queue');
+  private readonly workers: Worker<CompletionJobData, CompletionJobResult>[] = [];
+  private active = 0;
+  private paused = false;
+  private closing = false;
 
   constructor(
     private readonly runner: InferenceRunner,
     private readonly config: AppConfig,
+    private readonly queues: ModelQueues,
     private readonly heartbeat: HeartbeatService,
     private readonly cancellations: CancellationRegistry,
   ) {
-    super();
+    // Created here, not at bootstrap: a worker that boots without Redis already sees errors,
+    // and BullMQ's 'error' must have a listener before then or Node would crash.
+    for (const model of config.router.models) {
+      const worker = new Worker<CompletionJobData, CompletionJobResult>(
+        modelQueueName(model.name),
+        (job) => this.process(job),
+        {
+          connection: queues.connection,
+          prefix: config.names.bullPrefix,
+          concurrency: config.env.WORKER_CONCURRENCY,
+          maxStalledCount: 0,
+          autorun: false,
+        },
+      );
+      worker.on('error', (err) => this.connection.error(err, worker));
+      worker.on('failed', (job, err) => {
+        // Only stalls end here (the processor never throws): the worker holding the job died.
+        this.logger.warn(`job ${job?.id ?? '?'} failed: ${err.message}`);
+      });
+      worker.getBackend().on('ready', () => this.connection.ready(worker));
+      trackBullmq(worker);
+      this.workers.push(worker);
+    }
   }
 
   onApplicationBootstrap(): void {
-    // @Processor options are static; the configured concurrency is applied here.
-    this.worker.concurrency = this.config.env.WORKER_CONCURRENCY;
-    this.worker.getBackend().on('ready', () => this.connection.ready(this.worker));
-    trackBullmq(this.worker);
+    const apply = () =>
+      this.queues.applyCapacities().catch((err: Error) => this.logger.warn(`could not set capacities: ${err.message}`));
+    // Again after every reconnect: a Redis that restarted empty has lost them.
+    this.queues.connection.on('ready', () => void apply());
+    if (this.queues.connection.status === 'ready') {
+      void apply();
+    }
+    for (const worker of this.workers) {
+      void worker.run().catch((err: Error) => this.logger.error(`queue worker stopped: ${err.message}`));
+    }
   }
 
-  process(job: Job<CompletionJobData, CompletionJobResult>): Promise<CompletionJobResult> {
-    return this.runner.run(job.data);
+  private async process(job: InferenceJob): Promise<CompletionJobResult> {
+    this.active += 1;
+    if (this.active >= this.config.env.WORKER_CONCURRENCY && this.workers.length > 1) {
+      this.setPaused(true);
+    }
+    try {
+      const queueMs = job.processedOn === undefined ? 0 : Math.max(0, job.processedOn - job.timestamp);
+      return await this.runner.run(job.data, queueMs);
+    } finally {
+      this.active -= 1;
+      if (this.paused && this.active < this.config.env.WORKER_CONCURRENCY) {
+        this.setPaused(false);
+      }
+    }
+  }
+
+  private setPaused(paused: boolean): void {
+    if (this.closing && !paused) {
+      return;
+    }
+    this.paused = paused;
+    for (const worker of this.workers) {
+      void (paused ? worker.pause(true) : worker.resume());
+    }
   }
 
   /**
@@ -59,11 +125,9 @@ export class InferenceProcessor extends WorkerHost implements OnApplicationBoots
    * cancelled jobs had their moment, the worker's connections are ended without Redis.
    */
   async beforeApplicationShutdown(): Promise<void> {
+    this.closing = true;
     await this.heartbeat.drain();
-    const closed = this.worker.close().then(
-      () => true,
-      () => true,
-    );
+    const closed = Promise.all(this.workers.map((w) => w.close().catch(() => undefined))).then(() => true);
     const graceMs = this.config.env.AQUEDUCT_SHUTDOWN_GRACE_MS;
     const idle = { stop: false };
     let done = await Promise.race([closed, sleep(graceMs).then(() => false), this.idleWithoutRedis(idle)]);
@@ -74,39 +138,23 @@ export class InferenceProcessor extends WorkerHost implements OnApplicationBoots
       done = await Promise.race([closed, sleep(CANCELLED_SETTLE_MS).then(() => false)]);
     }
     if (!done) {
-      this.logger.warn('the queue worker cannot close through Redis: ending its connections');
-      await endBullmq(this.worker);
+      this.logger.warn('the queue workers cannot close through Redis: ending their connections');
+      await Promise.all(this.workers.map((w) => endBullmq(w)));
       await Promise.race([closed, sleep(FORCED_CLOSE_SETTLE_MS)]);
     }
   }
 
   /**
-   * Resolves `false` once no job runs here and the worker's Redis connection is down: then
+   * Resolves `false` once no job runs here and the workers' Redis connection is down: then
    * close() has nothing to wait for and can only hang. Never resolves while Redis is up.
    */
   private async idleWithoutRedis(until: { stop: boolean }): Promise<false> {
-    // The client promise settles only once the connection was first set up: a worker that
-    // booted without Redis has none yet, and that counts as "cannot answer".
-    const pending = this.worker.getBackend().client;
     while (!until.stop) {
-      const client = await Promise.race([pending.catch(() => undefined), sleep(0)]);
-      if (this.cancellations.activeCount === 0 && (client === undefined || !redisUsable(client))) {
+      if (this.cancellations.activeCount === 0 && !redisUsable(this.queues.connection)) {
         break;
       }
       await sleep(100);
     }
     return false;
-  }
-
-  /** BullMQ emits 'error' for connection problems; without a listener Node would crash. */
-  @OnWorkerEvent('error')
-  onError(err: Error): void {
-    this.connection.error(err, this.worker);
-  }
-
-  @OnWorkerEvent('failed')
-  onFailed(job: Job | undefined, err: Error): void {
-    // Only stalls end here (the processor never throws): the worker holding the job died.
-    this.logger.warn(`job ${job?.id ?? '?'} failed: ${err.message}`);
   }
 }

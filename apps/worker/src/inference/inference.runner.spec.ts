@@ -94,7 +94,9 @@ describe('InferenceRunner', () => {
     stream,
     params,
     deadline: Date.now() + 10_000,
+    queueDeadline: Date.now() + 10_000,
     tokenId: 'tok_test',
+    priority: 'normal',
     meta: {
       route: '/v1/completions',
       startedAt: Date.now(),

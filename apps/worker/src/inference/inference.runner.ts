@@ -28,6 +28,14 @@ import { type JobState, newJobState } from './job-state';
 import { JobWatchdog } from './job.watchdog';
 import { RelayPublisher } from './relay.publisher';
 
+/** Jobs that waited at least this long are checked for a live gateway before they run. */
+const ORPHAN_CHECK_AFTER_MS = 1_000;
+/**
+ * Past its queue deadline a job's live gateway has withdrawn it (the claim decides), so a
+ * worker that still wins the claim this long after it has found an orphan.
+ */
+const ORPHAN_GRACE_MS = 2_000;
+
 /**
  * Runs one job of any operation: claims it, tries deployments (failing over to the next
  * one only while nothing has been sent), drives the backend and publishes every chunk to
@@ -50,8 +58,9 @@ export class InferenceRunner {
     @InjectPublisher() private readonly redis: Redis,
   ) {}
 
-  async run(data: CompletionJobData): Promise<CompletionJobResult> {
-    const state = newJobState();
+  /** `queueMs`: how long the job waited in its model's queue (BullMQ's processedOn − timestamp). */
+  async run(data: CompletionJobData, queueMs = 0): Promise<CompletionJobResult> {
+    const state = newJobState(queueMs);
     const abort = this.cancellations.register(data.rid);
     const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
       abort?.abort(new RelayLostError(why)),
@@ -68,6 +77,12 @@ export class InferenceRunner {
     if (abort === undefined) {
       await this.usage.record(jobUsageRecord(data, state, { outcome: 'cancelled' }, this.clock.now()), data.deadline);
       return { outcome: 'cancelled' };
+    }
+    if (await this.orphaned(data, queueMs)) {
+      this.cancellations.release(data.rid);
+      const result: CompletionJobResult = { outcome: 'orphaned', status: 499 };
+      await this.usage.record(jobUsageRecord(data, state, result, this.clock.now()), data.deadline);
+      return result;
     }
     const stopWatching = this.watchdog.watch(data, abort, out, state);
     let result: CompletionJobResult;
@@ -103,6 +118,28 @@ export class InferenceRunner {
       return (await this.redis.set(key, this.identity.id, 'PX', ttl, 'NX')) !== null;
     } catch {
       return false; // Redis is down: nothing could be relayed or accounted anyway
+    }
+  }
+
+  /**
+   * Whether a job that waited for capacity lost its gateway meanwhile (killed with requests
+   * waiting): then nobody would read the answer, and the upstream must not be called. Its
+   * gateway withdraws a job at its queue deadline, so one found waiting past it has none;
+   * before that, a job that waited long is checked for a subscriber on its gateway's inbox
+   * (one extra round trip, only for jobs that waited, never on the hot path).
+   */
+  private async orphaned(data: CompletionJobData, queueMs: number): Promise<boolean> {
+    if (this.clock.now() > data.queueDeadline + ORPHAN_GRACE_MS) {
+      return true;
+    }
+    if (queueMs < ORPHAN_CHECK_AFTER_MS) {
+      return false;
+    }
+    try {
+      const reply = (await this.redis.call('PUBSUB', 'NUMSUB', data.replyTo)) as [string, number];
+      return Number(reply[1]) === 0;
+    } catch {
+      return false; // cannot tell: run it, as before scheduling existed
     }
   }
 

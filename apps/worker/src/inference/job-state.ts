@@ -6,6 +6,7 @@ export interface JobState extends Produced {
   holding?: Deployment;
 }
 
-export function newJobState(): JobState {
-  return { pieces: 0, chars: 0, deployment: null, firstAt: null, usage: null };
+/** `queueMs`: how long the job waited in its model's queue before this worker took it. */
+export function newJobState(queueMs = 0): JobState {
+  return { pieces: 0, chars: 0, deployment: null, firstAt: null, usage: null, queueMs };
 }

@@ -12,6 +12,7 @@ const OUTCOMES: Record<CompletionJobResult['outcome'], UsageOutcome> = {
   cancelled: 'client_disconnected',
   expired: 'timeout',
   error: 'error',
+  orphaned: 'client_disconnected',
 };
 
 /** The usage record of one finished job, from its payload, what it produced and how it ended. */

@@ -62,6 +62,7 @@ export class WorkerUsageService {
       status: r.status,
       outcome: r.outcome,
       latency_ms: r.latency_ms,
+      queue_ms: r.queue_ms,
       ttft_ms: r.ttft_ms,
       prompt_tokens: r.prompt_tokens,
       completion_tokens: r.completion_tokens,

@@ -52,6 +52,8 @@ export const envSchema = z.object({
   AQUEDUCT_SLOT_LEASE_MS: int(30_000, 300),
   /** Requests waiting in the queue beyond which new ones are refused with 503 + Retry-After. */
   AQUEDUCT_MAX_QUEUE_DEPTH: int(5_000, 1),
+  /** Longest wait for a deployment's capacity before 503 `queue_timeout` (never past the request's timeout). */
+  AQUEDUCT_MAX_QUEUE_WAIT_MS: int(30_000, 1),
   /** How long usage records are kept. */
   AQUEDUCT_USAGE_RETENTION_HOURS: int(168, 1),
   /**

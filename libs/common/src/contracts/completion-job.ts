@@ -3,10 +3,14 @@
  * step: a worker refuses (with a clear error) a version it does not know.
  */
 import type { RequestMeta } from '../usage/usage-record';
+import type { TokenPriority } from '../tokens/token-record';
 import type { OperationName } from './openai';
 
-/** 2: jobs name their operation (`op`), and non-stream results travel as `output`/raw parts. */
-export const COMPLETION_JOB_VERSION = 2 as const;
+/**
+ * 2: jobs name their operation (`op`), and non-stream results travel as `output`/raw parts.
+ * 3: one queue per model; jobs carry their token's `priority` and their `queueDeadline`.
+ */
+export const COMPLETION_JOB_VERSION = 3 as const;
 
 export interface CompletionJobData {
   v: typeof COMPLETION_JOB_VERSION;
@@ -29,14 +33,22 @@ export interface CompletionJobData {
   params: Record<string, unknown>;
   /** Epoch ms after which the result is useless: workers drop expired jobs at pickup. */
   deadline: number;
+  /**
+   * Epoch ms until which the job may wait for capacity (AQUEDUCT_MAX_QUEUE_WAIT_MS, never past
+   * `deadline`). The gateway withdraws it then; a job found waiting past it had a gateway that
+   * died, and the worker drops it without calling the upstream.
+   */
+  queueDeadline: number;
   tokenId: string;
+  /** The token's scheduling priority, for the usage record and the queue-wait metrics. */
+  priority: TokenPriority;
   /** Who asked, for the usage record the worker writes when the job ends. */
   meta: RequestMeta;
 }
 
 /** What the processor returns; kept small because BullMQ stores it until removal. */
 export interface CompletionJobResult {
-  outcome: 'ok' | 'error' | 'cancelled' | 'expired';
+  outcome: 'ok' | 'error' | 'cancelled' | 'expired' | 'orphaned';
   deployment?: string;
   status?: number;
 }

@@ -35,6 +35,16 @@ export class ApiError extends Error {
     return new ApiError(status, message, 'server_error', null, code, retryAfterMs);
   }
 
+  /** No deployment of the model had capacity within the request's wait limit (see scheduling). */
+  static queueTimeout(waitedMs: number, retryAfterMs: number): ApiError {
+    return ApiError.server(
+      503,
+      `No capacity for this model became free within ${Math.round(waitedMs / 100) / 10} s. Please retry later.`,
+      'queue_timeout',
+      retryAfterMs,
+    );
+  }
+
   /** 404 for a path that is not a route, as OpenAI words it. */
   static unknownUrl(method: string, path: string): ApiError {
     return new ApiError(

@@ -12,13 +12,18 @@
  * (output tokens). Checking and reserving the request weight happen in one script, so
  * concurrent requests cannot all pass (the race of a read-then-write check).
  *
- * KEYS[1] limiter hash, KEYS[2] lease ZSET; ARGV: now_ms, weight, rpm, itpm, otpm (a limit
- * < 0 = no limit), max_parallel, lease_ms, request id.
+ * The request's turn (see scheduling/turns.ts) is the size, once it is admitted, of a second
+ * lease ZSET: the token's requests for this model only.
+ *
+ * KEYS[1] limiter hash, KEYS[2] lease ZSET, KEYS[3] the token's lease ZSET for the model;
+ * ARGV: now_ms, weight, rpm, itpm, otpm (a limit < 0 = no limit), max_parallel, lease_ms,
+ * request id.
  * Returns { denied (0 ok | 1 requests | 2 input tokens | 3 output tokens | 4 concurrency),
  *           request weight used (a string: Lua numbers become integers), input used,
  *           output used, ms until the refused request would pass,
  *           ms until the request, input and output budgets are whole again,
- *           requests in flight including this one when admitted }.
+ *           requests in flight including this one when admitted,
+           the token's requests for the model in flight including this one (its turn) }.
  * Kept in a TypeScript string so that the build ships it without copying assets.
  */
 export const ADMISSION_LUA = `
@@ -90,10 +95,16 @@ if denied == 0 and rpm >= 0 then
   used.r = used.r + weight
   per.r[sec] = (per.r[sec] or 0) + weight
 end
+local turn = 0
 if denied == 0 then
   redis.call('ZADD', leases, now + lease_ms, ARGV[8])
   redis.call('PEXPIRE', leases, lease_ms * 2)
   inflight = inflight + 1
+  local model_leases = KEYS[3]
+  redis.call('ZREMRANGEBYSCORE', model_leases, '-inf', now)
+  redis.call('ZADD', model_leases, now + lease_ms, ARGV[8])
+  redis.call('PEXPIRE', model_leases, lease_ms * 2)
+  turn = redis.call('ZCARD', model_leases)
 end
 if limited then
   redis.call('PEXPIRE', key, 61000)
@@ -107,5 +118,5 @@ elseif denied == 2 then
 elseif denied == 3 then
   retry = wait_until('o', otpm - 1)
 end
-return { denied, tostring(used.r), used.i, used.o, retry, wait_until('r', 0), wait_until('i', 0), wait_until('o', 0), inflight }
+return { denied, tostring(used.r), used.i, used.o, retry, wait_until('r', 0), wait_until('i', 0), wait_until('o', 0), inflight, turn }
 `;

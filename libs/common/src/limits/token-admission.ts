@@ -12,6 +12,8 @@ export interface LimitDecision {
   retryAfterMs: number;
   /** `x-ratelimit-*` headers, as OpenAI sends them, for every response to a limited token. */
   headers: Record<string, string>;
+  /** Admitted: the token's requests for the model in flight, this one included (its turn). */
+  turn: number;
 }
 
 const REASONS: Record<number, LimitReason> = {
@@ -33,6 +35,7 @@ const CONCURRENCY_RETRY_MS = 1_000;
 type AdmitCommand = (
   limiterKey: string,
   leaseKey: string,
+  modelLeaseKey: string,
   now: number,
   weight: number,
   rpm: number,
@@ -41,11 +44,13 @@ type AdmitCommand = (
   maxParallel: number,
   leaseMs: number,
   rid: string,
-) => Promise<[number, string, number, number, number, number, number, number, number]>;
+) => Promise<[number, string, number, number, number, number, number, number, number, number]>;
 
 /** One request asking to be admitted. */
 export interface AdmissionRequest {
   rid: string;
+  /** Canonical model name: the request's turn is counted per token and model. */
+  model: string;
   /** 1 / the model's request_limit_multiplier. */
   weight: number;
   maxParallel: number;
@@ -75,7 +80,7 @@ export class TokenAdmission {
     private readonly redis: Redis,
     private readonly names: RedisNames,
   ) {
-    redis.defineCommand('aqueductAdmit', { numberOfKeys: 2, lua: ADMISSION_LUA });
+    redis.defineCommand('aqueductAdmit', { numberOfKeys: 3, lua: ADMISSION_LUA });
     this.admit = (redis as unknown as { aqueductAdmit: AdmitCommand }).aqueductAdmit.bind(redis);
   }
 
@@ -84,9 +89,10 @@ export class TokenAdmission {
     const rpm = token.requests_per_minute ?? -1;
     const itpm = token.input_tokens_per_minute ?? -1;
     const otpm = token.output_tokens_per_minute ?? -1;
-    const [denied, usedR, usedI, usedO, retry, resetR, resetI, resetO] = await this.admit(
+    const [denied, usedR, usedI, usedO, retry, resetR, resetI, resetO, , turn] = await this.admit(
       this.names.limiter(token.id),
       this.names.tokenLeases(token.id),
+      this.names.tokenModelLeases(token.id, req.model),
       req.now,
       req.weight,
       rpm,
@@ -124,27 +130,42 @@ export class TokenAdmission {
       reason,
       retryAfterMs: reason === 'concurrency' ? CONCURRENCY_RETRY_MS : retry,
       headers,
+      turn,
     };
   }
 
-  /** Extends the leases of requests still held, per token (one pipeline for all of them). */
-  async renew(byToken: ReadonlyMap<string, Iterable<string>>, now: number): Promise<void> {
+  /**
+   * Extends the leases of requests still held, per token (request id → model), in one
+   * pipeline for all of them.
+   */
+  async renew(byToken: ReadonlyMap<string, ReadonlyMap<string, string>>, now: number): Promise<void> {
     if (byToken.size === 0) {
       return;
     }
+    const expiry = now + CONCURRENCY_LEASE_MS;
     const p = this.redis.pipeline();
     for (const [tokenId, rids] of byToken) {
       const key = this.names.tokenLeases(tokenId);
-      for (const rid of rids) {
-        p.zadd(key, 'XX', now + CONCURRENCY_LEASE_MS, rid);
+      const models = new Set<string>();
+      for (const [rid, model] of rids) {
+        p.zadd(key, 'XX', expiry, rid);
+        p.zadd(this.names.tokenModelLeases(tokenId, model), 'XX', expiry, rid);
+        models.add(model);
       }
       p.pexpire(key, CONCURRENCY_LEASE_MS * 2);
+      for (const model of models) {
+        p.pexpire(this.names.tokenModelLeases(tokenId, model), CONCURRENCY_LEASE_MS * 2);
+      }
     }
     await p.exec();
   }
 
-  /** Gives a request's slot back. */
-  async release(tokenId: string, rid: string): Promise<void> {
-    await this.redis.zrem(this.names.tokenLeases(tokenId), rid);
+  /** Gives a request's slot back (both of its leases, in one round trip). */
+  async release(tokenId: string, model: string, rid: string): Promise<void> {
+    await this.redis
+      .multi()
+      .zrem(this.names.tokenLeases(tokenId), rid)
+      .zrem(this.names.tokenModelLeases(tokenId, model), rid)
+      .exec();
   }
 }

@@ -11,6 +11,8 @@ export interface Produced extends OutputCount {
   firstAt: number | null;
   /** The backend's own usage; null when it reported none (then it is estimated). */
   usage: Usage | null;
+  /** Milliseconds the attempt waited in its model's queue for capacity. */
+  queueMs: number;
 }
 
 /** An attempt no worker ran (withdrawn, or never enqueued): its record charges nothing. */
@@ -20,6 +22,7 @@ export const NOTHING_PRODUCED: Readonly<Produced> = {
   deployment: null,
   firstAt: null,
   usage: null,
+  queueMs: 0,
 };
 
 /**
@@ -48,6 +51,7 @@ export function buildUsageRecord(
     outcome,
     started_at: job.meta.startedAt,
     latency_ms: now - job.meta.startedAt,
+    queue_ms: Math.max(0, Math.round(produced.queueMs)),
     ttft_ms: produced.firstAt === null ? null : produced.firstAt - job.meta.startedAt,
     prompt_tokens: produced.usage?.prompt_tokens ?? (made ? op.promptTokens(job.params) : 0),
     completion_tokens: produced.usage?.completion_tokens ?? op.completionTokens(produced, job.stream),

@@ -18,6 +18,8 @@ export interface UsageRecord {
   /** Epoch ms when the gateway received the request. */
   started_at: number;
   latency_ms: number;
+  /** Milliseconds the request waited in its model's queue for capacity (0: it found some at once). */
+  queue_ms: number;
   /** First token as published by the worker, relative to started_at; null when none. */
   ttft_ms: number | null;
   prompt_tokens: number;

@@ -34,6 +34,7 @@ describe('UsageStore', () => {
     outcome,
     started_at: Date.now(),
     latency_ms: 1,
+    queue_ms: 0,
     ttft_ms: null,
     prompt_tokens: 1,
     completion_tokens: completion,

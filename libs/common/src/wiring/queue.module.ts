@@ -1,40 +1,114 @@
-import { BullModule } from '@nestjs/bullmq';
-import { type DynamicModule, Module } from '@nestjs/common';
+import { Global, Injectable, Module, type OnApplicationShutdown } from '@nestjs/common';
+import { Queue } from 'bullmq';
+import Redis, { type RedisOptions } from 'ioredis';
 import { AppConfig } from '../config/app-config';
-import { COMPLETIONS_QUEUE } from '../names';
+import type { CompletionJobData, CompletionJobResult } from '../contracts/completion-job';
+import { modelQueueName } from '../names';
+import { trackBullmq } from '../redis/shutdown';
 import { reconnectDelay } from '../redis/reconnect-delay';
 import { parseRedisUrl } from '../redis/redis-url';
+import { watchBullmq } from '../redis/connection-state-log';
+import { modelCapacity } from '../scheduling/turns';
+
+export type InferenceQueue = Queue<CompletionJobData, CompletionJobResult>;
+export type QueueRole = 'producer' | 'consumer';
 
 /**
- * The BullMQ connection and the jobs queue, as both apps need them. A producer (gateway)
- * must fail fast while Redis is down, so requests get 503 at once; a consumer (worker)
- * blocks on Redis, and BullMQ requires `maxRetriesPerRequest: null` for that.
+ * The BullMQ connection options both apps need. A producer (gateway) must fail fast while
+ * Redis is down, so requests get 503 at once; a consumer (worker) blocks on Redis, and
+ * BullMQ requires `maxRetriesPerRequest: null` for that.
  */
+export function queueConnectionOptions(config: AppConfig, role: QueueRole): RedisOptions {
+  return {
+    ...parseRedisUrl(config.env.REDIS_URL),
+    ...(role === 'producer' ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 } : { maxRetriesPerRequest: null }),
+    // No auto-pipelining here: ioredis builds a Pipeline per tick that copies every defined
+    // script, and BullMQ defines dozens (measured: more CPU per request, not less).
+    // Reconnect as quickly as the other connections (BullMQ's default backs off to 20 s).
+    retryStrategy: reconnectDelay,
+  };
+}
+
+/**
+ * One BullMQ queue per model of the router config (see {@link modelQueueName}), all on one
+ * shared connection: a model's waiting requests are its queue's jobs, and its capacity is
+ * the queue's global concurrency. Idle queues cost nothing (no polling, no connection).
+ */
+@Injectable()
+export class ModelQueues implements OnApplicationShutdown {
+  /** The connection every queue of this process shares (workers' blocking fetches have their own). */
+  readonly connection: Redis;
+  private readonly byModel = new Map<string, InferenceQueue>();
+
+  constructor(
+    private readonly config: AppConfig,
+    readonly role: QueueRole,
+  ) {
+    this.connection = new Redis(queueConnectionOptions(config, role));
+    // BullMQ attaches its own listeners to the shared connection; one per queue is expected.
+    this.connection.setMaxListeners(0);
+    for (const model of config.router.models) {
+      const queue: InferenceQueue = new Queue(modelQueueName(model.name), {
+        connection: this.connection,
+        prefix: config.names.bullPrefix,
+      });
+      // BullMQ emits 'error' on connection problems (an EventEmitter without a listener would
+      // crash); outages are logged once per state change, not on every reconnect attempt.
+      watchBullmq(queue, 'queue');
+      this.byModel.set(model.name, queue);
+    }
+    const first = this.byModel.values().next().value;
+    if (first !== undefined) {
+      trackBullmq(first); // they share one connection: closing one closes it for all
+    }
+  }
+
+  /** The queue of a canonical model name (the gateway resolved it); throws for an unknown one. */
+  for(model: string): InferenceQueue {
+    const queue = this.byModel.get(model);
+    if (queue === undefined) {
+      throw new Error(`no queue for model ${model}`);
+    }
+    return queue;
+  }
+
+  entries(): IterableIterator<[string, InferenceQueue]> {
+    return this.byModel.entries();
+  }
+
+  /**
+   * Makes each queue's global concurrency its model's capacity (or removes it when the
+   * model is unlimited), so that BullMQ hands a job to a worker only when some deployment
+   * has room: a waiting request holds no worker slot. Every worker sets it at boot from
+   * the same router config; the last one to boot wins during a rolling config change.
+   */
+  async applyCapacities(): Promise<void> {
+    await Promise.all(
+      this.config.router.models.map((model) => {
+        const capacity = modelCapacity(model);
+        const queue = this.for(model.name);
+        return capacity === undefined ? queue.removeGlobalConcurrency() : queue.setGlobalConcurrency(capacity);
+      }),
+    );
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await Promise.all([...this.byModel.values()].map((q) => q.close().catch(() => undefined)));
+    this.connection.disconnect();
+  }
+}
+
+/** The model queues, as both apps need them (`forRole('producer')` in the gateway, `'consumer'` in workers). */
+@Global()
 @Module({})
 export class QueueModule {
-  static forRole(role: 'producer' | 'consumer'): DynamicModule {
+  static forRole(role: QueueRole) {
     return {
       module: QueueModule,
-      imports: [
-        BullModule.forRootAsync({
-          inject: [AppConfig],
-          useFactory: (config: AppConfig) => ({
-            prefix: config.names.bullPrefix,
-            connection: {
-              ...parseRedisUrl(config.env.REDIS_URL),
-              ...(role === 'producer'
-                ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 }
-                : { maxRetriesPerRequest: null }),
-              // No auto-pipelining here: ioredis builds a Pipeline per tick that copies every defined
-              // script, and BullMQ defines dozens (measured: more CPU per request, not less).
-              // Reconnect as quickly as the other connections (BullMQ's default backs off to 20 s).
-              retryStrategy: reconnectDelay,
-            },
-          }),
-        }),
-        BullModule.registerQueue({ name: COMPLETIONS_QUEUE }),
+      providers: [
+        { provide: ModelQueues, inject: [AppConfig], useFactory: (c: AppConfig) => new ModelQueues(c, role) },
       ],
-      exports: [BullModule],
+      exports: [ModelQueues],
     };
   }
 }
