@@ -198,11 +198,14 @@ function figures(client: Client, all: Outcome[], windowS: number, goodput: numbe
 }
 
 async function main(cleanup: Cleanup): Promise<void> {
+  // Two upstreams, so that the capped one's in-flight count is the deployment's alone.
   const upstream: FakeUpstream = await startFakeUpstream({ record: false });
   cleanup.add('fake upstream', () => upstream.close());
+  const freeUpstream: FakeUpstream = await startFakeUpstream({ record: false });
+  cleanup.add('fake upstream (other model)', () => freeUpstream.close());
   const routerConfig = writeModelList(
     upstreamDeployment('capped', upstream.url, { max_parallel_requests: SLOTS, extra_body_allowed: ['fake_ttft_ms'] }),
-    upstreamDeployment('free', upstream.url, { extra_body_allowed: ['fake_ttft_ms'] }),
+    upstreamDeployment('free', freeUpstream.url, { extra_body_allowed: ['fake_ttft_ms'] }),
   );
   cleanup.add('router config', () => rmSync(dirname(routerConfig), { recursive: true, force: true }));
 

@@ -526,9 +526,14 @@ describe('scheduling: the wait limit (AQUEDUCT_MAX_QUEUE_WAIT_MS)', () => {
         expectOpenAIError(o.raw, 503, { type: 'server_error', code: 'queue_timeout' });
       }
     }
-    // The head is served, the tail refused.
-    expect(outcomes.slice(0, 4).map((o) => o.status)).toEqual([200, 200, 200, 200]);
-    expect(outcomes.slice(-4).map((o) => o.status)).toEqual([503, 503, 503, 503]);
+    // The head is served, the tail refused. Not exactly a prefix: at the boundary a request
+    // that arrived a few ms later (SDK requests carry more client overhead than fetch ones)
+    // still has time left when a slot frees just after an earlier one reached the limit.
+    expect(
+      outcomes.slice(0, 8).map((o) => o.status),
+      summary,
+    ).toEqual(Array<number>(8).fill(200));
+    expect(outcomes.slice(-10).filter((o) => o.status === 503).length, summary).toBeGreaterThanOrEqual(6);
 
     // The upstream saw exactly the served requests, each once, also a while later.
     await sleep(600);
