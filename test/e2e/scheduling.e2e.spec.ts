@@ -395,13 +395,19 @@ describe('scheduling: waiting for capacity, by priority and in turns across toke
 describe('scheduling: the wait limit (AQUEDUCT_MAX_QUEUE_WAIT_MS)', () => {
   const MAX_WAIT_MS = 2_500;
   const COMMIT_MS = 800;
+  /** Model `brief`: one slot and a deployment timeout (1.5 s) shorter than the wait limit. */
+  const BRIEF_TIMEOUT_MS = 1_500;
   let capped: FakeUpstream;
+  let brief: FakeUpstream;
   let stack: Stack;
 
   beforeAll(async () => {
-    capped = await startFakeUpstream();
+    [capped, brief] = await Promise.all([startFakeUpstream(), startFakeUpstream()]);
     stack = await Stack.start('scheduling-wait', {
-      routerConfig: writeModelList(upstreamDeployment('capped', capped.url, { max_parallel_requests: CAP })),
+      routerConfig: writeModelList(
+        upstreamDeployment('capped', capped.url, { max_parallel_requests: CAP }),
+        upstreamDeployment('brief', brief.url, { max_parallel_requests: 1, timeout: BRIEF_TIMEOUT_MS / 1000 }),
+      ),
       workers: 2,
       env: { AQUEDUCT_MAX_QUEUE_WAIT_MS: String(MAX_WAIT_MS), AQUEDUCT_COMMIT_TIMEOUT_MS: String(COMMIT_MS) },
       workerEnv: { WORKER_CONCURRENCY: String(PER_WORKER) },
@@ -411,7 +417,7 @@ describe('scheduling: the wait limit (AQUEDUCT_MAX_QUEUE_WAIT_MS)', () => {
 
   afterAll(async () => {
     await stack?.stop();
-    await capped?.close();
+    await Promise.all([capped?.close(), brief?.close()]);
   });
 
   const probesSeen = (probes: Iterable<string>) => {
@@ -595,5 +601,38 @@ describe('scheduling: the wait limit (AQUEDUCT_MAX_QUEUE_WAIT_MS)', () => {
     await sleep(500);
     expect(probesSeen([jsonProbe, streamProbe]), 'the upstream never saw the refused requests').toEqual([]);
     expect(probesSeen(holdProbes)).toHaveLength(2);
+  });
+
+  it("the wait never outlasts the request's own timeout: 503 queue_timeout at the deployment timeout, not the wait limit", async () => {
+    const normal = await stack.createKey({ name: 'brief-normal' });
+    const low = await stack.createKey({ name: 'brief-low', priority: 'low' });
+    const high = await stack.createKey({ name: 'brief-high', priority: 'high' });
+    const req = (key: string, prompt: string, ttft: number, probe: string) =>
+      timedCompletion(stack.baseUrl, key, { model: 'brief', prompt, fake_ttft_ms: ttft, probe });
+    // The one slot: busy 0-0.6 s (first), then from 0.6 s until its own timeout at ~1.7 s
+    // (second: a `high` request that arrives later but goes first, and whose upstream never
+    // answers in time). Two low requests wait meanwhile; each has 1.5 s to live, so the slot
+    // is still busy when their own timeout comes, long before the 2.5 s wait limit.
+    const probes = { first: randomUUID(), waiter1: randomUUID(), waiter2: randomUUID(), second: randomUUID() };
+    const first = req(normal, 'first', 600, probes.first);
+    await waitUntil('the first request to run', () => brief.inFlight() === 1, 5_000);
+    const waiters = [req(low, 'waiter one', 0, probes.waiter1), req(low, 'waiter two', 0, probes.waiter2)];
+    await sleep(200);
+    const second = req(high, 'second', 10_000, probes.second);
+    const [firstRes, secondRes, ...waited] = await Promise.all([first, second, ...waiters]);
+
+    expect(firstRes.status, firstRes.text).toBe(200);
+    expectOpenAIError(secondRes, 504, { code: 'timeout' });
+    for (const res of waited) {
+      expectOpenAIError(res, 503, { type: 'server_error', code: 'queue_timeout' });
+      expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect(res.ms, 'refused at its own timeout').toBeGreaterThanOrEqual(BRIEF_TIMEOUT_MS - 100);
+      expect(res.ms, 'refused at its own timeout, well before the wait limit').toBeLessThan(MAX_WAIT_MS - 300);
+      expect(res.queueMs).toBeGreaterThanOrEqual(BRIEF_TIMEOUT_MS - 200);
+    }
+    await sleep(300);
+    const seen = new Set(brief.requests.map((r) => r.body.probe as string));
+    expect(seen.has(probes.waiter1) || seen.has(probes.waiter2), 'the upstream saw a refused request').toBe(false);
+    expect(brief.maxInFlight()).toBe(1);
   });
 });
