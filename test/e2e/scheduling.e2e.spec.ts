@@ -212,20 +212,26 @@ describe('scheduling: waiting for capacity, by priority and in turns across toke
     }
     const holderProbes = new Set((await Promise.all(holders)).map((h) => h.probe));
     const order = dispatchOrder(new Set(classOf.keys())).filter((p) => !holderProbes.has(p));
-    expect(order.map((p) => classOf.get(p))).toEqual([
-      ...Array<Priority>(3).fill('high'),
-      ...Array<Priority>(5).fill('normal'),
-      ...Array<Priority>(4).fill('low'),
-    ]);
-    // And they finish in that order too (requests dispatched together may end together).
+    // Dispatched by class: high, normal, low. Two slots free up together, so the two requests
+    // of one round may reach the upstream in either order: one swap per class boundary at
+    // most. (FIFO would make it low, normal, high: 47 inverted pairs.)
+    const rank: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
+    const classes = order.map((p) => classOf.get(p)!);
+    expect(classes).toHaveLength(12);
+    let inversions = 0;
+    classes.forEach((a, i) => classes.slice(i + 1).forEach((b) => (inversions += rank[a] > rank[b] ? 1 : 0)));
+    expect(inversions, `dispatch order ${classes.join(', ')}`).toBeLessThanOrEqual(2);
+    expect(classes.slice(0, 2), `dispatch order ${classes.join(', ')}`).toEqual(['high', 'high']);
+    expect(classes.slice(-3), `dispatch order ${classes.join(', ')}`).toEqual(['low', 'low', 'low']);
+    // And they finish in that order too (but for the one request of the same round).
     const endOf = (p: Priority, from: typeof all) => from.filter((x) => x.priority === p).map((x) => x.res.endedAt);
     const lastHigh = Math.max(...endOf('high', all));
     const lastNormal = Math.max(...endOf('normal', all));
     const waitingLows = await Promise.all(lows);
-    expect(endOf('normal', all).filter((t) => t < lastHigh).length, 'normal requests done before the last high').toBe(
-      0,
-    );
-    expect(endOf('low', waitingLows).filter((t) => t < lastNormal).length, 'low done before the last normal').toBe(0);
+    const normalsFirst = endOf('normal', all).filter((t) => t < lastHigh).length;
+    expect(normalsFirst, 'normal requests done before the last high').toBeLessThanOrEqual(1);
+    const lowsFirst = endOf('low', waitingLows).filter((t) => t < lastNormal).length;
+    expect(lowsFirst, 'waiting low requests done before the last normal').toBeLessThanOrEqual(1);
     expect(capped.maxInFlight()).toBeLessThanOrEqual(CAP);
   });
 
