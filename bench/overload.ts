@@ -336,6 +336,8 @@ async function main(cleanup: Cleanup): Promise<void> {
     ['high-priority wait p99 ms', high === undefined ? 'n/a' : fmt(high.waitMs.p99)],
     ['high-priority served / sent', high === undefined ? 'n/a' : `${high.served}/${high.sent}`],
     ['upstream max in flight (slots)', `${upstream.maxInFlight()} (${SLOTS})`],
+    ['aim: Jain >= 0.95 (issue 12)', fairness >= 0.95 ? 'met' : 'MISSED'],
+    ['aim: never more than the slots upstream', upstream.maxInFlight() <= SLOTS ? 'met' : 'MISSED'],
   ];
   const free = rows.find((r) => r.model === 'free');
   if (free !== undefined) {
