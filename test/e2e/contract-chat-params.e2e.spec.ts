@@ -26,7 +26,7 @@ import {
 } from '../support/contract-helpers';
 import type { FakeUpstream } from '../support/fake-upstream';
 import { simulatorDeployment, upstreamDeployment } from '../support/router-config';
-import type { Stack } from '../support/stack';
+import { freePort, type Stack } from '../support/stack';
 import { startUpstreamStack } from '../support/upstream-stack';
 
 const CHAT = '/v1/chat/completions';
@@ -49,8 +49,11 @@ describe('contract: chat request parameters, limits, access and upstream errors'
   let client: OpenAI;
 
   beforeAll(async () => {
-    ({ upstream, stack, key } = await startUpstreamStack('contract-chat-params', {}, (url) => [
+    const env = { AQUEDUCT_IDLE_TIMEOUT_MS: '2000' };
+    ({ upstream, stack, key } = await startUpstreamStack('contract-chat-params', { env }, async (url) => [
       ...chatModels(url),
+      // A port nobody listens on: connections to it are refused.
+      upstreamDeployment('refused', `http://127.0.0.1:${await freePort()}/v1`),
       simulatorDeployment('compl', 'echo', {}, { mode: 'completion' }),
       simulatorDeployment('chatty', 'echo', {}, { mode: 'chat' }),
       simulatorDeployment('short', 'echo', {}, { max_output_tokens: 10 }),
@@ -368,6 +371,79 @@ describe('contract: chat request parameters, limits, access and upstream errors'
     });
   });
 
+  describe('forwarding to the upstream', () => {
+    it('forwards every OpenAI chat parameter and the allowed extensions as sent, but not user_id', async () => {
+      const mark = probe();
+      const sent = {
+        messages: [{ role: 'system', content: 'sys' }, ...userSays('one two')],
+        max_completion_tokens: 7,
+        temperature: 0.3,
+        top_p: 0.9,
+        n: 2,
+        stop: ['\n', 'END'],
+        presence_penalty: 0.5,
+        frequency_penalty: -0.5,
+        logit_bias: { '50256': -100 },
+        logprobs: true,
+        top_logprobs: 2,
+        seed: 42,
+        user: 'u-9',
+        tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }],
+        tool_choice: 'auto',
+        parallel_tool_calls: false,
+        response_format: { type: 'json_object' },
+        metadata: { team: 'a' },
+        top_k: 5,
+        repetition_penalty: 1.1,
+        ...mark,
+      };
+      const res = await raw(stack, { model: 'up', user_id: 'end-user-7', ...sent }, { key, path: CHAT });
+      expect(res.status, res.text).toBe(200);
+      const seen = upstream.requests.find((r) => r.body.probe === mark.probe);
+      expect(seen?.path).toBe('/v1/chat/completions');
+      expect(seen?.body).toEqual({ ...sent, model: 'fake-model', stream: false });
+    });
+
+    it('drops fields that are neither OpenAI chat parameters nor allowed extensions', async () => {
+      const mark = probe();
+      const res = await raw(
+        stack,
+        {
+          model: 'up',
+          messages: userSays('x'),
+          access_token: key,
+          vllm_private: { x: 1 },
+          prompt: 'a completions field',
+          echo: true,
+          top_k: 2,
+          ...mark,
+        },
+        { key, path: CHAT },
+      );
+      expect(res.status, res.text).toBe(200);
+      const seen = upstream.requests.find((r) => r.body.probe === mark.probe);
+      expect(seen?.body).toMatchObject({ messages: userSays('x'), top_k: 2 });
+      for (const field of ['access_token', 'vllm_private', 'prompt', 'echo', 'user_id']) {
+        expect(seen?.body).not.toHaveProperty(field);
+      }
+    });
+
+    it('a stream is forwarded asking for usage, and the client still sees no usage it did not ask for', async () => {
+      const mark = probe();
+      const res = await raw(
+        stack,
+        { model: 'up', messages: userSays('a b'), stream: true, ...mark },
+        { key, path: CHAT },
+      );
+      expect(res.status).toBe(200);
+      const sse = parseSse(res.text);
+      expect(sse.usageChunks).toEqual([]);
+      expect(sse.events.every((e) => e.usage === undefined || e.usage === null)).toBe(true);
+      const seen = upstream.requests.find((r) => r.body.probe === mark.probe);
+      expect(seen?.body).toMatchObject({ model: 'fake-model', stream: true, stream_options: { include_usage: true } });
+    });
+  });
+
   describe('protective limits', () => {
     it(`messages: ${LIMITS.maxMessages} accepted, one more is a 400 naming messages`, async () => {
       const many = (n: number) => Array.from({ length: n }, (_, i) => user(`m${i}`));
@@ -661,6 +737,14 @@ describe('contract: chat request parameters, limits, access and upstream errors'
         message: /boom/,
       },
       {
+        name: 'connection refused on every deployment',
+        model: 'refused',
+        status: [503],
+        cls: InternalServerError,
+        type: 'server_error',
+        message: /unavailable/,
+      },
+      {
         name: 'no answer within the deployment timeout',
         model: 'up-timeout',
         knobs: { fake_fail: 'hang' },
@@ -706,6 +790,7 @@ describe('contract: chat request parameters, limits, access and upstream errors'
     it.each([
       { name: 'connection reset', fail: 'reset-after:2', message: /terminated/ },
       { name: 'EOF without [DONE]', fail: 'eof-after:2', message: /terminated/ },
+      { name: 'stall', fail: 'stall-after:2', message: /stalled/ },
     ])('after the first token, $name: one data:{"error"} event, then data: [DONE]', async ({ fail, message }) => {
       const prompt = 'one two three four five';
       const body = { model: 'up', messages: userSays(prompt), stream: true, fake_fail: fail, fake_itl_ms: 30 };

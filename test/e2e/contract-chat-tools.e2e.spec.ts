@@ -181,6 +181,21 @@ describe('contract: chat tools', () => {
       }
     });
 
+    it('a tool-call answer reports the same usage streamed and not', async () => {
+      const body = ask({ tool_choice: 'required' });
+      const res = await whole(body);
+      expect(res.usage.completion_tokens).toBeGreaterThan(0);
+      expect(res.usage.total_tokens).toBe(res.usage.prompt_tokens + res.usage.completion_tokens);
+      const s = await raw(
+        stack,
+        { ...body, stream: true, stream_options: { include_usage: true } },
+        { key, path: CHAT },
+      );
+      const usage = parseSse(s.text).usageChunks;
+      expect(usage).toHaveLength(1);
+      expect(usage[0]?.usage).toEqual(res.usage);
+    });
+
     it('the SDK reassembles the streamed tool call: raw iteration and the stream helper', async () => {
       const params = {
         model: b.model,

@@ -382,6 +382,53 @@ describe('contract: chat completions', () => {
     });
   });
 
+  describe('logprobs', () => {
+    it('simulator: one entry per token with bytes and top_logprobs alternatives; streamed the same', async () => {
+      const body = { model: 'lorem', messages: userSays('q'), logprobs: true, top_logprobs: 2, max_tokens: 5, seed: 3 };
+      const res = await whole(body);
+      const choice = res.choices[0];
+      const content = choice?.logprobs?.content ?? [];
+      expect(content).toHaveLength(5);
+      expect(content.map((e) => e.token).join('')).toBe(choice?.message.content);
+      for (const e of content) {
+        expect(e.logprob).toBeLessThanOrEqual(0);
+        expect(e.bytes).toEqual([...Buffer.from(e.token)]);
+        expect(e.top_logprobs).toHaveLength(2);
+        for (const t of e.top_logprobs) {
+          expect(Object.keys(t).sort()).toEqual(['bytes', 'logprob', 'token']);
+          expect(t.logprob).toBeLessThanOrEqual(0);
+        }
+      }
+      const { merged, chunks } = await stream(body);
+      expect(merged.get(0)?.logprobTokens).toEqual(content.map((e) => e.token));
+      for (const ch of chunks) {
+        const c = ch.choices[0];
+        if ((c?.delta.content ?? '') !== '') {
+          expect(c?.logprobs?.content?.length).toBeGreaterThan(0);
+        }
+      }
+    });
+
+    it('simulator: logprobs true without top_logprobs has no alternatives; logprobs false is null', async () => {
+      const withLp = await whole({ model: 'lorem', messages: userSays('q'), logprobs: true, max_tokens: 3 });
+      const entries = withLp.choices[0]?.logprobs?.content ?? [];
+      expect(entries).toHaveLength(3);
+      expect(entries.every((e) => Array.isArray(e.top_logprobs) && e.top_logprobs.length === 0)).toBe(true);
+      const without = await whole({ model: 'lorem', messages: userSays('q'), n: 2, logprobs: false });
+      expect(without.choices.map((c) => c.logprobs)).toEqual([null, null]);
+    });
+
+    it('upstream: logprobs are relayed as they came, streamed and not', async () => {
+      const body = { model: 'up', messages: userSays('a b'), logprobs: true, top_logprobs: 2 };
+      const res = await whole(body);
+      const entries = res.choices[0]?.logprobs?.content ?? [];
+      expect(entries.map((e) => e.token)).toEqual([' echo:', ' a', ' b']);
+      expect(entries.every((e) => e.top_logprobs.length === 2)).toBe(true);
+      const { merged } = await stream(body);
+      expect(merged.get(0)?.logprobTokens).toEqual([' echo:', ' a', ' b']);
+    });
+  });
+
   describe('upstream', () => {
     it('receives stop, n, the token limits and messages as sent, and asks for usage on a stream', async () => {
       const mark = probe();
