@@ -438,6 +438,27 @@ describe('contract: chat tools', () => {
       expect(forwarded(mark)?.messages).toEqual(messages);
     });
 
+    it('custom tools, a custom tool_choice and an earlier custom tool call are forwarded as sent', async () => {
+      const mark = probe();
+      const tools = [...TOOLS, { type: 'custom', custom: { name: 'sql', description: 'free-form SQL' } }];
+      const messages = [
+        ...userSays('count rows'),
+        {
+          role: 'assistant',
+          tool_calls: [{ id: 'call_c', type: 'custom', custom: { name: 'sql', input: 'SELECT 1' } }],
+        },
+        { role: 'tool', tool_call_id: 'call_c', content: '1' },
+        ...userSays('and now'),
+      ];
+      const tool_choice = { type: 'custom', custom: { name: 'sql' } };
+      const res = await whole({ model: 'up', messages, tools, tool_choice, ...mark });
+      expect(res.choices[0]?.message.content).toBe(fakeUpstreamText('and now'));
+      expect(forwarded(mark)).toMatchObject({ messages, tools, tool_choice });
+      // The simulator accepts the same conversation (it never calls a custom tool itself).
+      const sim = await whole({ model: 'echo', messages, tools });
+      expect(sim.choices[0]?.message.content).toBe('and now');
+    });
+
     it.each([
       {
         name: 'json_schema',
@@ -485,6 +506,38 @@ describe('contract: chat tools', () => {
         message: /nope/,
       },
       { name: 'tool_choice required without tools', body: { tool_choice: 'required' }, param: 'tool_choice' },
+      {
+        name: 'tool_choice naming a custom tool not in tools',
+        body: { tools: TOOLS, tool_choice: { type: 'custom', custom: { name: 'get_time' } } },
+        param: 'tool_choice.custom.name',
+        message: /get_time/,
+      },
+      {
+        name: 'tool_choice allowed_tools without its mode',
+        body: { tools: TOOLS, tool_choice: { type: 'allowed_tools', allowed_tools: { tools: [NAMED] } } },
+        param: 'tool_choice.allowed_tools.mode',
+      },
+      {
+        name: 'an assistant tool call of an unknown type',
+        body: {
+          messages: [
+            { role: 'user', content: 'x' },
+            { role: 'assistant', tool_calls: [{ id: 'c', type: 'retrieval', retrieval: {} }] },
+          ],
+        },
+        param: 'messages[1].tool_calls[0].type',
+      },
+      {
+        name: 'an assistant custom tool call without its input',
+        body: {
+          messages: [
+            { role: 'user', content: 'x' },
+            { role: 'assistant', tool_calls: [{ id: 'c', type: 'custom', custom: { name: 'sql' } }] },
+          ],
+        },
+        param: 'messages[1].tool_calls[0].custom.input',
+      },
+
       { name: 'tool_choice naming a function without tools', body: { tool_choice: NAMED }, param: 'tool_choice' },
       { name: 'tool_choice an unknown string', body: { tools: TOOLS, tool_choice: 'sometimes' }, param: 'tool_choice' },
       { name: 'tool_choice a number', body: { tools: TOOLS, tool_choice: 3 }, param: 'tool_choice' },

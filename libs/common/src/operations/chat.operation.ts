@@ -51,21 +51,46 @@ export const chatRequestSchema = z
     if (r.top_logprobs != null && r.logprobs !== true) {
       ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: "requires 'logprobs' to be true" });
     }
-    const choice = r.tool_choice;
-    const tools = r.tools ?? [];
-    if (choice != null && choice !== 'none' && choice !== 'auto' && tools.length === 0) {
-      ctx.addIssue({ code: 'custom', path: ['tool_choice'], message: "is only allowed when 'tools' are specified" });
-    } else if (typeof choice === 'object' && choice !== null && choice.type === 'function') {
-      const wanted = choice.function.name;
-      if (!tools.some((t) => t.type === 'function' && t.function.name === wanted)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['tool_choice', 'function', 'name'],
-          message: `no function named '${wanted.slice(0, 64)}' is in 'tools'`,
-        });
-      }
-    }
+    checkToolChoice(r, ctx);
   });
+
+/** A tool_choice that forces a tool needs tools, and a named function or custom tool must be one of them. */
+function checkToolChoice(r: Pick<ChatRequest, 'tools' | 'tool_choice'>, ctx: z.RefinementCtx): void {
+  const choice = r.tool_choice;
+  const tools = r.tools ?? [];
+  if (choice == null || choice === 'none' || choice === 'auto') {
+    return;
+  }
+  if (tools.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['tool_choice'], message: "is only allowed when 'tools' are specified" });
+    return;
+  }
+  const named =
+    typeof choice !== 'object'
+      ? undefined
+      : choice.type === 'function'
+        ? { kind: 'function' as const, name: choice.function.name }
+        : choice.type === 'custom'
+          ? { kind: 'custom' as const, name: choice.custom.name }
+          : undefined;
+  if (named === undefined) {
+    return;
+  }
+  const declared = tools.some((t) =>
+    t.type === 'function'
+      ? named.kind === 'function' && t.function.name === named.name
+      : named.kind === 'custom' && t.custom.name === named.name,
+  );
+  if (!declared) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['tool_choice', named.kind, 'name'],
+      message: `no ${named.kind === 'function' ? 'function' : 'custom tool'} named '${named.name.slice(0, 64)}' is in 'tools'`,
+    });
+  }
+}
+
+type ChatRequest = z.output<typeof chatRequestSchema>;
 
 /** Characters of a message's text content (string, or the text of its text parts). */
 function contentChars(content: unknown): number {

@@ -74,11 +74,23 @@ function content<T extends z.ZodType>(part: T, error: string) {
 const textContent = content(textOnlyPart, "expected a string or an array of parts of type 'text'");
 const name = z.string().max(256).optional();
 
-const toolCallSchema = z.looseObject({
-  id: z.string().min(1),
-  type: z.literal('function'),
-  function: z.looseObject({ name: z.string().min(1), arguments: z.string() }),
-});
+/** A tool call of an earlier assistant turn: to a function, or to a custom tool (which `tools` may declare). */
+const toolCallSchema = z.discriminatedUnion(
+  'type',
+  [
+    z.looseObject({
+      id: z.string().min(1),
+      type: z.literal('function'),
+      function: z.looseObject({ name: z.string().min(1), arguments: z.string() }),
+    }),
+    z.looseObject({
+      id: z.string().min(1),
+      type: z.literal('custom'),
+      custom: z.looseObject({ name: z.string().min(1), input: z.string() }),
+    }),
+  ],
+  { error: "expected a tool call of type 'function' or 'custom'" },
+);
 
 /** One schema per role; picked by `role` so that issues carry precise paths. */
 export const MESSAGE_BY_ROLE: Record<Role, z.ZodType> = {
