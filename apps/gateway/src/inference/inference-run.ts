@@ -165,7 +165,10 @@ export class InferenceRun {
       return;
     }
     const waited = this.queueMs;
-    this.deps.metrics.observeQueueWait(this.job.model, this.job.priority, waited / 1000);
+    if (this.startedAt === null) {
+      // (A worker that lost the claim may have sent its `start` meanwhile: counted there.)
+      this.deps.metrics.observeQueueWait(this.job.model, this.job.priority, waited / 1000);
+    }
     this.record({ ...NOTHING_PRODUCED, queueMs: waited }, 503, 'timeout');
     this.admitted.release();
     this.responder?.fail(ApiError.queueTimeout(waited, this.deps.drain.retryAfterMs(this.job.model)));
