@@ -1,11 +1,8 @@
 import cors from 'cors';
 import type { RequestHandler } from 'express';
+import { QUEUE_MS_HEADER } from '../inference/inference-run';
 
-/**
- * Browser clients may call the OpenAI-compatible API routes; admin and ops routes get no CORS.
- * The chat and embeddings paths are listed ahead of their routes, so that a browser client
- * works on them the day they exist (until then they answer 404, with CORS headers).
- */
+/** Browser clients may call the OpenAI-compatible API routes; admin and ops routes get no CORS. */
 const API_PATH = /^\/(v1\/)?(completions|chat\/completions|embeddings|models)(\/|$)/;
 
 /**
@@ -22,7 +19,7 @@ export const EXPOSED_HEADERS: readonly string[] = [
     ['limit', 'remaining', 'reset'].map((field) => `x-ratelimit-${field}-${budget}`),
   ),
   // Milliseconds the request waited for capacity (the scheduler's queue).
-  'x-aqueduct-queue-ms',
+  QUEUE_MS_HEADER,
 ];
 
 /** The methods of each API route, for the `Allow` header of OPTIONS (as every known route answers it). */

@@ -137,6 +137,11 @@ export class InferenceRun {
       relayed.firstAt ??= this.deps.clock.now();
       relayed.chars += msg.raw.length; // raw JSON: an over-estimate, for a record only a lost worker leaves
     }
+    if (msg.t === 'done' || msg.t === 'result' || msg.t === 'error') {
+      // Before the last bytes go out: a client that sends its next request the moment it has
+      // this answer must find the token's slot free again.
+      this.admitted.release();
+    }
     this.responder?.onMessage(msg);
   }
 
@@ -160,8 +165,12 @@ export class InferenceRun {
       return;
     }
     const waited = this.queueMs;
-    this.deps.metrics.observeQueueWait(this.job.model, this.job.priority, waited / 1000);
+    if (this.startedAt === null) {
+      // (A worker that lost the claim may have sent its `start` meanwhile: counted there.)
+      this.deps.metrics.observeQueueWait(this.job.model, this.job.priority, waited / 1000);
+    }
     this.record({ ...NOTHING_PRODUCED, queueMs: waited }, 503, 'timeout');
+    this.admitted.release();
     this.responder?.fail(ApiError.queueTimeout(waited, this.deps.drain.retryAfterMs(this.job.model)));
   }
 

@@ -114,18 +114,18 @@ function words(text: string): number {
   return text.split(/\s+/).filter((w) => w !== '').length;
 }
 
-/** The function `tool_choice` forces, if any: a named one, or the first tool for `required`. */
+/**
+ * The function `tool_choice` forces, if any: a named one; for `required` the first function
+ * tool; for `allowed_tools` in mode `required` the first allowed function. `auto`, `none`
+ * and `allowed_tools` in mode `auto` answer text: the simulator never chooses a tool itself.
+ */
 function chosenTool(rawTools: unknown, choice: unknown): SimTool | null {
   const tools = parseTools(rawTools);
   if (choice === undefined || choice === null || choice === 'auto' || choice === 'none') {
     return null;
   }
   if (choice === 'required') {
-    const first = tools[0];
-    if (first === undefined) {
-      throw invalid('tool_choice "required" needs at least one tool in tools', 'tool_choice');
-    }
-    return first;
+    return firstOf(tools, 'tool_choice "required" needs a function tool in tools');
   }
   if (isRecord(choice) && choice.type === 'function' && isRecord(choice.function)) {
     const name = choice.function.name;
@@ -135,12 +135,36 @@ function chosenTool(rawTools: unknown, choice: unknown): SimTool | null {
     }
     return tool;
   }
+  if (isRecord(choice) && choice.type === 'allowed_tools' && isRecord(choice.allowed_tools)) {
+    const { mode, tools: allowed } = choice.allowed_tools;
+    if (mode === 'auto') {
+      return null;
+    }
+    if (mode === 'required' && Array.isArray(allowed)) {
+      const names = new Set(allowed.map((a) => (isRecord(a) && isRecord(a.function) ? a.function.name : undefined)));
+      const candidates = tools.filter((t) => names.has(t.name));
+      return firstOf(candidates, 'tool_choice allowed_tools names no function tool of tools');
+    }
+  }
   throw invalid(
-    'tool_choice must be "none", "auto", "required" or {type: "function", function: {name}}',
+    'the simulator supports tool_choice "none", "auto", "required", {type: "function", function: {name}} and allowed_tools of function tools',
     'tool_choice',
   );
 }
 
+function firstOf(candidates: SimTool[], message: string): SimTool {
+  const first = candidates[0];
+  if (first === undefined) {
+    throw invalid(message, 'tool_choice');
+  }
+  return first;
+}
+
+/**
+ * The function tools of `tools`. Custom tools (free-form input, which OpenAI also accepts)
+ * are left out: the simulator answers in text or with a function call, never with a call
+ * to a custom tool, but a request that declares one must not fail for it.
+ */
 function parseTools(raw: unknown): SimTool[] {
   if (raw === undefined || raw === null) {
     return [];
@@ -148,12 +172,17 @@ function parseTools(raw: unknown): SimTool[] {
   if (!Array.isArray(raw)) {
     throw invalid('tools must be an array', 'tools');
   }
-  return raw.map((t: unknown) => {
+  const out: SimTool[] = [];
+  for (const t of raw as unknown[]) {
+    if (isRecord(t) && t.type === 'custom') {
+      continue;
+    }
     if (!isRecord(t) || t.type !== 'function' || !isRecord(t.function) || typeof t.function.name !== 'string') {
-      throw invalid('each tool must be {type: "function", function: {name, parameters?}}', 'tools');
+      throw invalid('each tool must be {type: "function", function: {name, parameters?}} or a custom tool', 'tools');
     }
     const parameters = t.function.parameters;
     const properties = isRecord(parameters) && isRecord(parameters.properties) ? parameters.properties : {};
-    return { name: t.function.name, properties };
-  });
+    out.push({ name: t.function.name, properties });
+  }
+  return out;
 }

@@ -282,6 +282,26 @@ describe('SimulatorBackend chat: tool calls', () => {
     expect(res.output[0]?.finish_reason).toBe('tool_calls');
   });
 
+  it('a custom tool is accepted and never called; "required" calls the first function tool', async () => {
+    const withCustom = [{ type: 'custom', custom: { name: 'grammar' } }, ...tools];
+    const text = await chat('echo', { messages: [user('plain')], tools: withCustom });
+    expect(text.output[0]?.message.content).toBe('plain');
+    const forced = await chat('echo', { messages: [user('go')], tools: withCustom, tool_choice: 'required' });
+    expect(forced.output[0]?.message.tool_calls?.[0]?.function.name).toBe('ping');
+  });
+
+  it('allowed_tools: mode "required" calls the first allowed function, mode "auto" answers with text', async () => {
+    const allowed = (mode: string) => ({
+      type: 'allowed_tools',
+      allowed_tools: { mode, tools: [{ type: 'function', function: { name: 'get_weather' } }] },
+    });
+    const forced = await chat('echo', { messages: [user('go')], tools, tool_choice: allowed('required') });
+    expect(forced.output[0]?.message.tool_calls?.[0]?.function.name).toBe('get_weather');
+    expect(forced.output[0]?.finish_reason).toBe('tool_calls');
+    const auto = await chat('echo', { messages: [user('go on')], tools, tool_choice: allowed('auto') });
+    expect(auto.output[0]?.message.content).toBe('go on');
+  });
+
   it('"auto", "none" and no tool_choice answer with text', async () => {
     for (const tool_choice of ['auto', 'none', undefined]) {
       const res = await chat('echo', { messages: [user('plain text')], tools, tool_choice });

@@ -63,6 +63,11 @@ export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplica
           prefix: config.names.bullPrefix,
           concurrency: config.env.WORKER_CONCURRENCY,
           maxStalledCount: 0,
+          // A dead worker's jobs count against their model's capacity (the queue's global
+          // concurrency) until BullMQ finds them stalled: within a lock duration plus a check
+          // interval. Tied to the deployment slot lease, so both come back about together.
+          lockDuration: config.env.AQUEDUCT_SLOT_LEASE_MS,
+          stalledInterval: Math.max(100, Math.floor(config.env.AQUEDUCT_SLOT_LEASE_MS / 3)),
           autorun: false,
         },
       );

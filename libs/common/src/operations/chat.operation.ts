@@ -13,151 +13,14 @@ import {
   userIdSchema,
   userSchema,
 } from './completion.operation';
+import { messagesSchema, responseFormatSchema, toolChoiceSchema, toolSchema } from './chat.schema';
 import { type OperationSpec, type ParsedRequest, choicesEnvelope, parsedRequest, validationError } from './operation';
 
 /**
- * The OpenAI ChatCompletionCreateParams. Messages are checked per role, so an error names
- * the exact place (`messages[2].content[0].type`); content parts other than text (images,
- * audio, files) are checked for their `type` only and pass through to the upstream as sent.
+ * The OpenAI ChatCompletionCreateParams: the scalar fields here, the structured ones
+ * (messages, tools, tool_choice, response_format) in chat.schema.ts. Errors name the exact
+ * place (`messages[2].content[0].type`, `tools[0].function.name`) in `param`.
  */
-const ROLES = ['system', 'developer', 'user', 'assistant', 'tool', 'function'] as const;
-
-const textPart = z.looseObject({ type: z.literal('text'), text: z.string() });
-/** Any part of a user message: text is checked, other types pass through to OpenAI-compatible upstreams. */
-const userPart = z.looseObject({ type: z.string().min(1, 'must name the part type') }).superRefine((p, ctx) => {
-  if (p.type === 'text' && typeof (p as { text?: unknown }).text !== 'string') {
-    ctx.addIssue({ code: 'custom', path: ['text'], message: 'expected a string' });
-  }
-});
-const assistantPart = z.union([textPart, z.looseObject({ type: z.literal('refusal'), refusal: z.string() })], {
-  error: "expected a part of type 'text' or 'refusal'",
-});
-const parts = <T extends z.ZodType>(part: T) =>
-  z.array(part).min(1, 'must not be empty').max(REQUEST_LIMITS.maxContentParts);
-const textContent = z.union([z.string(), parts(textPart)], {
-  error: "expected a string or an array of parts of type 'text'",
-});
-const name = z.string().max(256).optional();
-
-const toolCallSchema = z.looseObject({
-  id: z.string().min(1),
-  type: z.literal('function'),
-  function: z.looseObject({ name: z.string().min(1), arguments: z.string() }),
-});
-
-/** One schema per role; picked by `role` so that issues carry precise paths. */
-const MESSAGE_BY_ROLE: Record<(typeof ROLES)[number], z.ZodType> = {
-  system: z.looseObject({ content: textContent, name }),
-  developer: z.looseObject({ content: textContent, name }),
-  user: z.looseObject({
-    content: z.union([z.string(), parts(userPart)], { error: 'expected a string or an array of content parts' }),
-    name,
-  }),
-  assistant: z
-    .looseObject({
-      content: z
-        .union([z.string(), parts(assistantPart)], { error: 'expected a string or an array of parts' })
-        .nullish(),
-      name,
-      refusal: z.string().nullish(),
-      tool_calls: z.array(toolCallSchema).max(REQUEST_LIMITS.maxTools).optional(),
-      function_call: z.looseObject({ name: z.string(), arguments: z.string() }).nullish(),
-    })
-    .superRefine((m, ctx) => {
-      if (m.content == null && m.tool_calls === undefined && m.function_call == null) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['content'],
-          message: "required unless 'tool_calls' or 'function_call' is given",
-        });
-      }
-    }),
-  tool: z.looseObject({ content: textContent, tool_call_id: z.string().min(1, 'must not be empty') }),
-  function: z.looseObject({ content: z.string().nullable(), name: z.string().min(1) }),
-};
-
-const messagesSchema = z.any().superRefine((v: unknown, ctx) => {
-  if (!Array.isArray(v)) {
-    ctx.addIssue({ code: 'custom', path: [], message: v === undefined ? 'required' : 'expected an array of messages' });
-    return;
-  }
-  if (v.length === 0) {
-    ctx.addIssue({ code: 'custom', path: [], message: 'must contain at least one message' });
-    return;
-  }
-  if (v.length > REQUEST_LIMITS.maxMessages) {
-    ctx.addIssue({ code: 'custom', path: [], message: `may contain at most ${REQUEST_LIMITS.maxMessages} messages` });
-    return;
-  }
-  // Stops at the first bad message: a huge conversation costs one issue, not one per message.
-  for (let i = 0; i < v.length; i++) {
-    const m: unknown = v[i];
-    if (typeof m !== 'object' || m === null || Array.isArray(m)) {
-      ctx.addIssue({ code: 'custom', path: [i], message: 'expected a message object' });
-      return;
-    }
-    const role = (m as { role?: unknown }).role;
-    const schema = typeof role === 'string' ? MESSAGE_BY_ROLE[role as (typeof ROLES)[number]] : undefined;
-    if (schema === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        path: [i, 'role'],
-        message: role === undefined ? 'required' : `expected one of ${ROLES.map((r) => `'${r}'`).join(', ')}`,
-      });
-      return;
-    }
-    const checked = schema.safeParse(m);
-    if (!checked.success) {
-      const issue = checked.error.issues[0];
-      ctx.addIssue({ code: 'custom', path: [i, ...(issue?.path ?? [])], message: issue?.message ?? 'invalid' });
-      return;
-    }
-  }
-});
-
-const functionName = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1 to 64 letters, digits, _ or -');
-const toolSchema = z.union(
-  [
-    z.looseObject({
-      type: z.literal('function'),
-      function: z.looseObject({
-        name: functionName,
-        description: z.string().optional(),
-        parameters: z.record(z.string(), z.unknown()).optional(),
-        strict: z.boolean().nullish(),
-      }),
-    }),
-    // Newer tool kinds (custom tools) pass through to upstreams that know them.
-    z.looseObject({ type: z.literal('custom'), custom: z.looseObject({ name: functionName }) }),
-  ],
-  { error: "expected a tool of type 'function' (with function.name) or 'custom'" },
-);
-const toolChoiceSchema = z.union(
-  [
-    z.enum(['none', 'auto', 'required']),
-    z.looseObject({ type: z.literal('function'), function: z.looseObject({ name: z.string() }) }),
-    z.looseObject({ type: z.literal('custom'), custom: z.looseObject({ name: z.string() }) }),
-    z.looseObject({ type: z.literal('allowed_tools'), allowed_tools: z.looseObject({}) }),
-  ],
-  { error: "expected 'none', 'auto', 'required' or a named tool" },
-);
-const responseFormatSchema = z.union(
-  [
-    z.looseObject({ type: z.literal('text') }),
-    z.looseObject({ type: z.literal('json_object') }),
-    z.looseObject({
-      type: z.literal('json_schema'),
-      json_schema: z.looseObject({
-        name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1 to 64 letters, digits, _ or -'),
-        description: z.string().optional(),
-        schema: z.record(z.string(), z.unknown()).optional(),
-        strict: z.boolean().nullish(),
-      }),
-    }),
-  ],
-  { error: "expected {type: 'text'}, {type: 'json_object'} or {type: 'json_schema', json_schema: {name, schema}}" },
-);
-
 export const chatRequestSchema = z
   .looseObject({
     model: z.string().min(1, 'must not be empty'),
@@ -188,21 +51,46 @@ export const chatRequestSchema = z
     if (r.top_logprobs != null && r.logprobs !== true) {
       ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: "requires 'logprobs' to be true" });
     }
-    const choice = r.tool_choice;
-    const tools = r.tools ?? [];
-    if (choice != null && choice !== 'none' && choice !== 'auto' && tools.length === 0) {
-      ctx.addIssue({ code: 'custom', path: ['tool_choice'], message: "is only allowed when 'tools' are specified" });
-    } else if (typeof choice === 'object' && choice !== null && choice.type === 'function') {
-      const wanted = (choice as { function: { name: string } }).function.name;
-      if (!tools.some((t) => t.type === 'function' && (t as { function: { name: string } }).function.name === wanted)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['tool_choice', 'function', 'name'],
-          message: `no function named '${wanted.slice(0, 64)}' is in 'tools'`,
-        });
-      }
-    }
+    checkToolChoice(r, ctx);
   });
+
+/** A tool_choice that forces a tool needs tools, and a named function or custom tool must be one of them. */
+function checkToolChoice(r: Pick<ChatRequest, 'tools' | 'tool_choice'>, ctx: z.RefinementCtx): void {
+  const choice = r.tool_choice;
+  const tools = r.tools ?? [];
+  if (choice == null || choice === 'none' || choice === 'auto') {
+    return;
+  }
+  if (tools.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['tool_choice'], message: "is only allowed when 'tools' are specified" });
+    return;
+  }
+  const named =
+    typeof choice !== 'object'
+      ? undefined
+      : choice.type === 'function'
+        ? { kind: 'function' as const, name: choice.function.name }
+        : choice.type === 'custom'
+          ? { kind: 'custom' as const, name: choice.custom.name }
+          : undefined;
+  if (named === undefined) {
+    return;
+  }
+  const declared = tools.some((t) =>
+    t.type === 'function'
+      ? named.kind === 'function' && t.function.name === named.name
+      : named.kind === 'custom' && t.custom.name === named.name,
+  );
+  if (!declared) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['tool_choice', named.kind, 'name'],
+      message: `no ${named.kind === 'function' ? 'function' : 'custom tool'} named '${named.name.slice(0, 64)}' is in 'tools'`,
+    });
+  }
+}
+
+type ChatRequest = z.output<typeof chatRequestSchema>;
 
 /** Characters of a message's text content (string, or the text of its text parts). */
 function contentChars(content: unknown): number {
