@@ -27,3 +27,4 @@ export * from './operations';
 export * from './usage/usage-builder';
 export * from './wiring';
 export * from './scheduling/turns';
+export * from './scheduling/fair-share';

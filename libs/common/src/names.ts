@@ -43,6 +43,11 @@ export function redisNames(prefix: string) {
      * size (tokens × models × statuses): a flood of refusals never grows Redis.
      */
     refusals: `${prefix}:usage:refusals`,
+    /**
+     * HASH of one model's fair-queueing state (virtual clock, epoch, tokens' last tags), in the
+     * hash slot of the model's queue (same braces), see scheduling/fair-share.ts.
+     */
+    fairShare: (model: string) => `${prefix}:sched:{${encodeURIComponent(model)}}`,
     /** ZSET of in-flight leases of one deployment (max_parallel_requests across workers). */
     deploymentSlots: (deploymentId: string) => `${prefix}:slots:${deploymentId}`,
     /** Stream of usage records (one per request), trimmed by age. */

@@ -5,7 +5,6 @@ import {
   COMPLETION_JOB_VERSION,
   type CompletionJobData,
   jobParams,
-  jobPriority,
   type ModelEntry,
   type OperationSpec,
   type RequestMeta,
@@ -17,7 +16,7 @@ import { LimitsService } from '../limits/limits.service';
 import { ModelCatalogService } from '../models/model-catalog.service';
 import { GatewayMetrics } from '../observability/gateway-metrics';
 import { DrainEstimator } from '../queue/drain-estimator';
-import { JobQueueService } from '../queue/job-queue.service';
+import { JobQueueService, type PlaceInLine } from '../queue/job-queue.service';
 import { QueueDepthService } from '../queue/queue-depth.service';
 import { RelayService } from '../relay/relay.service';
 import { UsageService } from '../usage/usage.service';
@@ -52,7 +51,7 @@ export class InferenceService {
     private readonly depth: QueueDepthService,
     private readonly workers: WorkerRegistryService,
     private readonly limits: LimitsService,
-    queue: JobQueueService,
+    private readonly queue: JobQueueService,
     control: ControlService,
     usage: UsageService,
     metrics: GatewayMetrics,
@@ -81,6 +80,13 @@ export class InferenceService {
     const params = jobParams(op, request, model);
     this.checkCapacity();
     const admitted = await this.limits.admit(token, model, client.rid, startedAt);
+    let place: PlaceInLine;
+    try {
+      place = await this.queue.place(model, token, admitted.turn);
+    } catch (err) {
+      admitted.release();
+      throw err;
+    }
     const meta: RequestMeta = {
       route: client.route,
       startedAt,
@@ -103,10 +109,10 @@ export class InferenceService {
       queueDeadline: Math.min(deadline, startedAt + this.config.env.AQUEDUCT_MAX_QUEUE_WAIT_MS),
       tokenId: token.id,
       priority: token.priority,
+      ...(place.fair !== undefined && { fair: place.fair }),
       meta,
     };
-    const priority = jobPriority(token.priority, admitted.turn);
-    return new InferenceRun(this.deps, job, request.includeUsage, admitted, priority);
+    return new InferenceRun(this.deps, job, request.includeUsage, admitted, place.priority);
   }
 
   /** Refuses at once when no worker is alive or the queue is too deep, instead of queueing into the void. */

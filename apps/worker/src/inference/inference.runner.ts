@@ -8,6 +8,7 @@ import {
   type CompletionJobResult,
   DeadlineError,
   type Deployment,
+  FairShare,
   type ModelEntry,
   OPERATIONS,
   RelayLostError,
@@ -45,6 +46,7 @@ const ORPHAN_GRACE_MS = 2_000;
 @Injectable()
 export class InferenceRunner {
   private readonly logger = new Logger(InferenceRunner.name);
+  private readonly fairShare: FairShare;
 
   constructor(
     private readonly config: AppConfig,
@@ -56,7 +58,9 @@ export class InferenceRunner {
     private readonly picker: DeploymentPicker,
     private readonly watchdog: JobWatchdog,
     @InjectPublisher() private readonly redis: Redis,
-  ) {}
+  ) {
+    this.fairShare = new FairShare(redis, config.names);
+  }
 
   /** `queueMs`: how long the job waited in its model's queue (BullMQ's processedOn − timestamp). */
   async run(data: CompletionJobData, queueMs = 0): Promise<CompletionJobResult> {
@@ -68,6 +72,10 @@ export class InferenceRunner {
     // Claim and `start` leave in one socket write (auto-pipelining); if the gateway had
     // already withdrawn the job, its session is gone and drops the `start`.
     const claimed = this.claim(data);
+    if (data.fair !== undefined) {
+      // The model's fair-queueing clock moves to this job's tag (same socket write as the claim).
+      this.fairShare.advance(data.model, data.fair).catch(() => undefined);
+    }
     const model = this.config.router.resolve(data.model);
     out.send({ t: 'start', workerId: this.identity.id, deployment: model?.deployments[0]?.id ?? '' });
     if (!(await claimed)) {

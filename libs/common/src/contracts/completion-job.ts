@@ -3,6 +3,7 @@
  * step: a worker refuses (with a clear error) a version it does not know.
  */
 import type { RequestMeta } from '../usage/usage-record';
+import type { FairTag } from '../scheduling/fair-share';
 import type { TokenPriority } from '../tokens/token-record';
 import type { OperationName } from './openai';
 
@@ -42,6 +43,8 @@ export interface CompletionJobData {
   tokenId: string;
   /** The token's scheduling priority, for the usage record and the queue-wait metrics. */
   priority: TokenPriority;
+  /** Its fair-queueing tag, for a model with a capacity: the worker advances the model's clock to it. */
+  fair?: FairTag;
   /** Who asked, for the usage record the worker writes when the job ends. */
   meta: RequestMeta;
 }

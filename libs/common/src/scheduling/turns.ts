@@ -3,26 +3,26 @@ import type { TokenPriority } from '../tokens/token-record';
 
 /**
  * The order in which a model's waiting requests are dispatched, as a BullMQ job priority
- * (lower first; equal priorities in arrival order).
+ * (lower first; equal priorities in arrival order). BullMQ's round-robin groups are in the
+ * paid Pro edition only, so fairness is expressed with the open-source edition's priorities:
+ * a job's priority is its token's priority band plus its place within the band.
  *
- * BullMQ's round-robin groups are in the paid Pro edition only, so fairness is expressed
- * with the open-source edition's priorities: a job's priority is its token's priority band
- * plus its *turn*, the number of that token's requests for the model in flight (waiting or
- * running) when it was admitted, this one included. A token's first request goes in turn
- * 1, its fifteenth in turn 15: a newcomer's requests go ahead of a backlog's later ones,
- * so a token with many waiting requests delays another token by about one request per
- * competing token (the backlog's requests of earlier turns), not by its whole backlog.
+ * - For a model with a capacity (its requests wait for it), the place is the request's
+ *   start-time fair queueing tag (fair-share.ts): tokens with waiting requests are served in
+ *   turns, one request each per round, whatever their backlogs.
+ * - For an unlimited model, requests wait only for a free worker slot, briefly; the place is
+ *   then the request's *turn*, its token's requests for the model in flight when it was
+ *   admitted, which the admission script counts at no extra cost.
+ *
  * Bands are far apart, so every `high` job goes before every `normal` one (strict
- * priority). The turn is bounded by the token's `max_parallel_requests`, so it never
- * grows with time (unlike start-time fair queueing's virtual clock, which would overflow
- * BullMQ's 2^21 priorities in a long busy period) and costs no extra Redis call: the
- * admission script counts it while it takes the token's concurrency lease.
+ * priority); three bands fill BullMQ's 2^21 priorities.
  */
-const BAND = 500_000;
+export const PRIORITY_BAND = 699_050;
 const BANDS: Record<TokenPriority, number> = { high: 0, normal: 1, low: 2 };
 
-export function jobPriority(priority: TokenPriority, turn: number): number {
-  return BANDS[priority] * BAND + Math.min(Math.max(1, Math.floor(turn)), BAND - 1);
+/** `place`: the fair tag or the turn (see above). */
+export function jobPriority(priority: TokenPriority, place: number): number {
+  return BANDS[priority] * PRIORITY_BAND + Math.min(Math.max(1, Math.floor(place)), PRIORITY_BAND - 1);
 }
 
 /**
