@@ -35,7 +35,7 @@ export function redisNames(prefix: string) {
     tokenLeases: (tokenId: string) => `${prefix}:inflight:{${tokenId}}`,
     /**
      * ZSET request id → lease expiry: the token's admitted requests for one model. Its size
-     * is the request's turn among the model's waiting requests (see scheduling/turns.ts).
+     * is the request's turn, which bounds its fair-queueing lead (see scheduling/turns.ts).
      */
     tokenModelLeases: (tokenId: string, model: string) => `${prefix}:inflight:{${tokenId}}:${model}`,
     /**

@@ -10,9 +10,11 @@ import type { TokenPriority } from '../tokens/token-record';
  * - For a model with a capacity (its requests wait for it), the place is the request's
  *   start-time fair queueing tag (fair-share.ts): tokens with waiting requests are served in
  *   turns, one request each per round, whatever their backlogs.
- * - For an unlimited model, requests wait only for a free worker slot, briefly; the place is
- *   then the request's *turn*, its token's requests for the model in flight when it was
- *   admitted, which the admission script counts at no extra cost.
+ * - For an unlimited model, requests wait only for a free worker slot, briefly; they are
+ *   served in arrival order within their band (a constant place).
+ *
+ * A request's *turn*, its token's requests for the model in flight when it was admitted
+ * (counted by the admission script), bounds its fair tag's lead over the clock.
  *
  * Bands are far apart, so every `high` job goes before every `normal` one (strict
  * priority); three bands fill BullMQ's 2^21 priorities.
@@ -20,7 +22,7 @@ import type { TokenPriority } from '../tokens/token-record';
 export const PRIORITY_BAND = 699_050;
 const BANDS: Record<TokenPriority, number> = { high: 0, normal: 1, low: 2 };
 
-/** `place`: the fair tag or the turn (see above). */
+/** `place`: the fair tag, or 1 for an unlimited model (see above). */
 export function jobPriority(priority: TokenPriority, place: number): number {
   return BANDS[priority] * PRIORITY_BAND + Math.min(Math.max(1, Math.floor(place)), PRIORITY_BAND - 1);
 }
