@@ -7,6 +7,7 @@ import { upstreamDeployment, writeModelList } from '../test/support/router-confi
 import { Stack } from '../test/support/stack';
 import { percentiles } from './load';
 import { table } from './relay-transport';
+import { Cleanup, intEnv } from './harness';
 
 /**
  * `npm run bench:overload`: the scheduler under overload (issue 12). A fake upstream behind a
@@ -18,15 +19,6 @@ import { table } from './relay-transport';
  * p50/p99 wait (from `x-aqueduct-queue-ms`), Jain's fairness index over what the 9
  * well-behaved tokens got served, and the high-priority p99 wait.
  */
-
-function intEnv(name: string, def: number, min: number, max: number): number {
-  const raw = process.env[name];
-  const n = raw === undefined || raw === '' ? def : Number(raw);
-  if (!Number.isInteger(n)) {
-    throw new Error(`${name} must be an integer, got ${raw}`);
-  }
-  return Math.min(max, Math.max(min, n));
-}
 
 const DURATION_MS = intEnv('BENCH_OVERLOAD_DURATION_MS', 15_000, 2_000, 60_000);
 /** Arrivals in the first WARMUP_MS fill the queue; they are sent but left out of the figures. */
@@ -50,28 +42,6 @@ const WATCHDOG_MS = DURATION_MS + MAX_WAIT_MS + 90_000;
 const CAPACITY_RPS = (SLOTS * 1000) / SERVICE_MS;
 /** Rate of each light token: 9 light + 1 heavy (HEAVY × light) = LOAD × capacity. */
 const LIGHT_RPS = ((LOAD_PCT / 100) * CAPACITY_RPS) / (TOKENS - 1 + HEAVY);
-
-class Cleanup {
-  private readonly steps: { name: string; fn: () => Promise<unknown> | void }[] = [];
-  private running: Promise<void> | undefined;
-
-  add(name: string, fn: () => Promise<unknown> | void): void {
-    this.steps.push({ name, fn });
-  }
-
-  run(): Promise<void> {
-    this.running ??= (async () => {
-      for (const step of this.steps.reverse()) {
-        try {
-          await step.fn();
-        } catch (err) {
-          console.error(`cleanup: ${step.name} failed: ${(err as Error).message}`);
-        }
-      }
-    })();
-    return this.running;
-  }
-}
 
 interface Client {
   label: string;

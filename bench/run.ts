@@ -15,21 +15,13 @@ import {
   type Target,
 } from './load';
 import { formatRelayResult, type RelayBenchResult, runRelayTransportBench, table } from './relay-transport';
+import { Cleanup, intEnv } from './harness';
 
 /**
  * `npm run bench`: the cost of the gateway on the request path. The same client and the same
  * fake upstream are measured twice, once calling the upstream directly and once through a real
  * gateway + worker (child processes, as in production), so every difference is the gateway's.
  */
-
-function intEnv(name: string, def: number, min: number, max: number): number {
-  const raw = process.env[name];
-  const n = raw === undefined || raw === '' ? def : Number(raw);
-  if (!Number.isInteger(n)) {
-    throw new Error(`${name} must be an integer, got ${raw}`);
-  }
-  return Math.min(max, Math.max(min, n));
-}
 
 // Clamped so that the completion scenarios (4 measured phases + warm-ups + relay test) stay
 // under 2 minutes; the chat scenario (BENCH_CHAT=0 skips it) adds 4 phases and warm-ups more.
@@ -48,29 +40,6 @@ const NON_STREAM_PROMPT = 'measure the gateway overhead with a short prompt';
 const STREAM_PROMPT =
   'one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen';
 const STREAM_ITL_MS = 5;
-
-/** Cleanup steps run once, last registered first, whether the run succeeded, failed or timed out. */
-class Cleanup {
-  private readonly steps: { name: string; fn: () => Promise<unknown> | void }[] = [];
-  private running: Promise<void> | undefined;
-
-  add(name: string, fn: () => Promise<unknown> | void): void {
-    this.steps.push({ name, fn });
-  }
-
-  run(): Promise<void> {
-    this.running ??= (async () => {
-      for (const step of this.steps.reverse()) {
-        try {
-          await step.fn();
-        } catch (err) {
-          console.error(`cleanup: ${step.name} failed: ${(err as Error).message}`);
-        }
-      }
-    })();
-    return this.running;
-  }
-}
 
 /** Stack.start stops its own processes and keys when startup fails. */
 function startStack(routerConfig: string): Promise<Stack> {

@@ -3,31 +3,13 @@ import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream';
 import { postCompletion } from '../support/http';
 import { simulatorDeployment, upstreamDeployment, writeModelList } from '../support/router-config';
 import { freePort, type ProcessHandle, Stack } from '../support/stack';
+import { parsePrometheus, type Sample } from '../support/prometheus';
 
 /**
  * Operations, items 2 and 3: Prometheus metrics on the gateway (`/metrics`) and on each
  * worker's own port, counters that move with traffic, a worker whose metrics port is
  * taken keeps working, and `/ready` turns 503 when the last worker stops.
  */
-
-type Sample = { name: string; labels: Record<string, string>; value: number };
-
-/** Parses the Prometheus text format (enough of it for these checks). */
-function parse(text: string): Sample[] {
-  const samples: Sample[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (m === null) {
-      continue;
-    }
-    const labels: Record<string, string> = {};
-    for (const [, k, v] of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[k as string] = v as string;
-    }
-    samples.push({ name: m[1] as string, labels, value: Number(m[3]) });
-  }
-  return samples;
-}
 
 /** Sum of a metric's samples whose labels include `match`. */
 function total(samples: Sample[], name: string, match: Record<string, string> = {}): number {
@@ -40,7 +22,7 @@ async function scrape(url: string): Promise<{ text: string; samples: Sample[]; t
   const res = await fetch(url);
   expect(res.status).toBe(200);
   const text = await res.text();
-  return { text, samples: parse(text), type: res.headers.get('content-type') };
+  return { text, samples: parsePrometheus(text), type: res.headers.get('content-type') };
 }
 
 async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
@@ -105,7 +87,7 @@ describe('metrics and readiness', () => {
       expect(text).toContain(`# TYPE ${name} `);
     }
     expect(text).toContain('# TYPE aqueduct_http_request_duration_seconds histogram');
-    const samples = parse(text);
+    const samples = parsePrometheus(text);
     expect(total(samples, 'aqueduct_workers_alive')).toBe(1);
     for (const state of ['waiting', 'active', 'delayed']) {
       expect(samples.some((s) => s.name === 'aqueduct_queue_jobs' && s.labels.state === state)).toBe(true);
@@ -113,7 +95,7 @@ describe('metrics and readiness', () => {
   });
 
   it('counts requests by route, model and status, with latency and TTFT histograms', async () => {
-    const before = parse((await scrape(gatewayUrl())).text);
+    const before = parsePrometheus((await scrape(gatewayUrl())).text);
     const ok = { route: '/v1/completions', model: 'sim', status: '200' };
     const whole = await complete({ model: 'sim', prompt: 'a b', max_tokens: 4 });
     expect(whole.status).toBe(200);
@@ -124,7 +106,7 @@ describe('metrics and readiness', () => {
     expect(missing.status).toBe(404);
     await missing.text();
 
-    const after = parse((await scrape(gatewayUrl())).text);
+    const after = parsePrometheus((await scrape(gatewayUrl())).text);
     const delta = (name: string, labels: Record<string, string>) =>
       total(after, name, labels) - total(before, name, labels);
     expect(delta('aqueduct_http_requests_total', ok)).toBe(2);
@@ -141,12 +123,12 @@ describe('metrics and readiness', () => {
   });
 
   it('exposes worker metrics on the worker port: jobs, tokens in and out, TTFT', async () => {
-    const before = parse((await scrape(workerUrl())).text);
+    const before = parsePrometheus((await scrape(workerUrl())).text);
     const res = await complete({ model: 'sim', prompt: 'one two three', max_tokens: 5 });
     const usage = ((await res.json()) as { usage: { prompt_tokens: number; completion_tokens: number } }).usage;
     const job = { model: 'sim', deployment: 'sim#0' };
     const after = await waitFor('the job in the worker metrics', async () => {
-      const s = parse((await scrape(workerUrl())).text);
+      const s = parsePrometheus((await scrape(workerUrl())).text);
       return total(s, 'aqueduct_worker_jobs_total', job) > total(before, 'aqueduct_worker_jobs_total', job)
         ? s
         : undefined;
@@ -160,18 +142,18 @@ describe('metrics and readiness', () => {
     expect(delta('aqueduct_worker_request_duration_seconds_count', job)).toBe(1);
     expect(total(after, 'aqueduct_worker_concurrency')).toBe(64);
     // The gateway reads the heartbeats' capacity.
-    const gateway = parse((await scrape(gatewayUrl())).text);
+    const gateway = parsePrometheus((await scrape(gatewayUrl())).text);
     expect(total(gateway, 'aqueduct_workers_slots', { state: 'total' })).toBe(64);
   });
 
   it('counts upstream errors by deployment, failovers included', async () => {
-    const before = parse((await scrape(workerUrl())).text);
+    const before = parsePrometheus((await scrape(workerUrl())).text);
     // The first request of a model starts at its first deployment: the dead one.
     const res = await complete({ model: 'flaky', prompt: 'x y', max_tokens: 4 });
     expect(res.status).toBe(200);
     await res.text();
     const after = await waitFor('the failover in the worker metrics', async () => {
-      const s = parse((await scrape(workerUrl())).text);
+      const s = parsePrometheus((await scrape(workerUrl())).text);
       return total(s, 'aqueduct_worker_jobs_total', { model: 'flaky' }) >
         total(before, 'aqueduct_worker_jobs_total', { model: 'flaky' })
         ? s
@@ -183,22 +165,22 @@ describe('metrics and readiness', () => {
   });
 
   it('counts cancellations on both sides when a client goes away', async () => {
-    const gBefore = parse((await scrape(gatewayUrl())).text);
-    const wBefore = parse((await scrape(workerUrl())).text);
+    const gBefore = parsePrometheus((await scrape(gatewayUrl())).text);
+    const wBefore = parsePrometheus((await scrape(workerUrl())).text);
     const abort = new AbortController();
     const pending = complete({ model: 'slow', prompt: 'x', max_tokens: 2, stream: true }, abort.signal).catch(
       () => undefined,
     );
     await waitFor('the job to start', async () => {
-      const s = parse((await scrape(workerUrl())).text);
+      const s = parsePrometheus((await scrape(workerUrl())).text);
       return total(s, 'aqueduct_worker_active_jobs') === 1 ? true : undefined;
     });
-    const queue = parse((await scrape(gatewayUrl())).text);
+    const queue = parsePrometheus((await scrape(gatewayUrl())).text);
     expect(total(queue, 'aqueduct_queue_jobs', { state: 'active' })).toBe(1);
     abort.abort();
     await pending;
     const gAfter = await waitFor('the cancel in the gateway metrics', async () => {
-      const s = parse((await scrape(gatewayUrl())).text);
+      const s = parsePrometheus((await scrape(gatewayUrl())).text);
       const key = { reason: 'client_disconnected' };
       return total(s, 'aqueduct_cancellations_total', key) > total(gBefore, 'aqueduct_cancellations_total', key)
         ? s
@@ -209,7 +191,7 @@ describe('metrics and readiness', () => {
       total(gBefore, 'aqueduct_http_requests_total', closed) + 1,
     );
     await waitFor('the cancellation in the worker metrics', async () => {
-      const s = parse((await scrape(workerUrl())).text);
+      const s = parsePrometheus((await scrape(workerUrl())).text);
       const m = { model: 'slow' };
       return total(s, 'aqueduct_worker_cancellations_total', m) >
         total(wBefore, 'aqueduct_worker_cancellations_total', m)
@@ -224,7 +206,7 @@ describe('metrics and readiness', () => {
       Promise.resolve(/metrics port .* is not available/.test(clash.output()) ? true : undefined),
     );
     const workers = await waitFor('two live workers', async () => {
-      const s = parse((await scrape(gatewayUrl())).text);
+      const s = parsePrometheus((await scrape(gatewayUrl())).text);
       return total(s, 'aqueduct_workers_alive') === 2 ? true : undefined;
     });
     expect(workers).toBe(true);
@@ -233,7 +215,11 @@ describe('metrics and readiness', () => {
       .output()
       .split('\n')
       .find((l) => l.includes('is not available'));
-    expect(JSON.parse(warning ?? '{}')).toMatchObject({ level: 'warn', app: 'worker', context: 'WorkerMetrics' });
+    expect(JSON.parse(warning ?? '{}')).toMatchObject({
+      level: 'warn',
+      app: 'worker',
+      context: 'WorkerMetrics',
+    });
     // The first worker still serves its metrics.
     await scrape(workerUrl());
   });
@@ -256,7 +242,7 @@ describe('metrics and readiness', () => {
     expect(ready.headers.get('retry-after')).not.toBeNull();
     expect(((await ready.json()) as { error: { code: string } }).error.code).toBe('no_workers');
     expect((await fetch(`${stack.baseUrl}/health`)).status).toBe(200);
-    const s = parse((await scrape(gatewayUrl())).text);
+    const s = parsePrometheus((await scrape(gatewayUrl())).text);
     expect(total(s, 'aqueduct_workers_alive')).toBe(0);
   });
 });

@@ -1,5 +1,6 @@
 import type { Stack } from './stack';
 import { waitUntil } from './wait';
+import { parsePrometheus, type Sample } from './prometheus';
 
 /**
  * Observing the scheduler from outside, for the scheduling suites: timed exchanges that keep
@@ -71,32 +72,9 @@ export function completionText(res: { json: unknown }): string | undefined {
 
 // ---- Prometheus ------------------------------------------------------------------------
 
-export interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
 export interface Scrape {
   text: string;
   samples: Sample[];
-}
-
-/** Parses the Prometheus text format (enough of it for these checks). */
-export function parsePrometheus(text: string): Sample[] {
-  const samples: Sample[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (m === null) {
-      continue;
-    }
-    const labels: Record<string, string> = {};
-    for (const [, k, v] of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[k as string] = v as string;
-    }
-    samples.push({ name: m[1] as string, labels, value: Number(m[3]) });
-  }
-  return samples;
 }
 
 export async function scrapeMetrics(base: string, adminKey?: string): Promise<Scrape> {

@@ -1,0 +1,34 @@
+/** Pieces every benchmark script shares: integer settings from the environment, cleanup that always runs. */
+
+/** An integer setting, clamped to [min, max]; a value that is not an integer stops the run. */
+export function intEnv(name: string, def: number, min: number, max: number): number {
+  const raw = process.env[name];
+  const n = raw === undefined || raw === '' ? def : Number(raw);
+  if (!Number.isInteger(n)) {
+    throw new Error(`${name} must be an integer, got ${raw}`);
+  }
+  return Math.min(max, Math.max(min, n));
+}
+
+/** Cleanup steps run once, last registered first, whether the run succeeded, failed or timed out. */
+export class Cleanup {
+  private readonly steps: { name: string; fn: () => Promise<unknown> | void }[] = [];
+  private running: Promise<void> | undefined;
+
+  add(name: string, fn: () => Promise<unknown> | void): void {
+    this.steps.push({ name, fn });
+  }
+
+  run(): Promise<void> {
+    this.running ??= (async () => {
+      for (const step of this.steps.reverse()) {
+        try {
+          await step.fn();
+        } catch (err) {
+          console.error(`cleanup: ${step.name} failed: ${(err as Error).message}`);
+        }
+      }
+    })();
+    return this.running;
+  }
+}
