@@ -22,7 +22,7 @@ const LABELS = {
 /** An admitted request: its rate-limit headers and the slot it holds until `release()`. */
 export interface Admitted {
   headers: Record<string, string>;
-  /** The token's requests for the model in flight, this one included: its turn in the model's queue. */
+  /** The token's requests for the model in flight, this one included (its turn: bounds its fair-queueing lead). */
   turn: number;
   /** Gives the token's concurrency slot back; idempotent. */
   release: () => void;
