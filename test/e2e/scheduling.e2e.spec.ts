@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { modelQueueName } from '@app/common';
 import { APIError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -137,6 +138,12 @@ describe('scheduling: waiting for capacity, by priority and in turns across toke
       capped.requests.map((r) => socketOwner(r.remotePort!, capped.port, stack.workers)).filter((w) => w !== undefined),
     );
     expect(owners.size, 'the capped requests were served by the stack workers').toBeGreaterThanOrEqual(1);
+    // The cap every worker obeys is the model queue's global concurrency, kept in Redis (the
+    // queue's meta hash), and the unlimited model's queue has none.
+    const meta = (model: string) =>
+      stack.redis.hget(`${stack.prefix}:bull:${modelQueueName(model)}:meta`, 'concurrency');
+    expect(await meta('capped')).toBe(String(CAP));
+    expect(await meta('up')).toBeNull();
   });
 
   it('a 3-request tenant behind a 14-request backlog of another token finishes in under 1.5 s', async () => {
