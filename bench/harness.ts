@@ -32,3 +32,29 @@ export class Cleanup {
     return this.running;
   }
 }
+
+/**
+ * Runs a benchmark's `main` with its cleanup guaranteed: on success, failure, SIGINT/SIGTERM
+ * or the watchdog (exit codes 0, 1, 2), so no child process or Redis key outlives the run.
+ */
+export function runBench(name: string, watchdogMs: number, main: (cleanup: Cleanup) => Promise<void>): void {
+  const cleanup = new Cleanup();
+  const abort = (why: string) => {
+    console.error(`${name}: ${why}, cleaning up`);
+    void cleanup.run().finally(() => process.exit(2));
+  };
+  const watchdog = setTimeout(() => abort(`still running after ${watchdogMs} ms`), watchdogMs);
+  process.once('SIGINT', () => abort('SIGINT'));
+  process.once('SIGTERM', () => abort('SIGTERM'));
+  main(cleanup)
+    .then(() => cleanup.run())
+    .then(() => {
+      clearTimeout(watchdog);
+      process.exit(0);
+    })
+    .catch(async (err: unknown) => {
+      console.error(`${name} failed:`, err);
+      await cleanup.run();
+      process.exit(1);
+    });
+}

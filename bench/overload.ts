@@ -7,7 +7,7 @@ import { upstreamDeployment, writeModelList } from '../test/support/router-confi
 import { Stack } from '../test/support/stack';
 import { percentiles } from './load';
 import { table } from './relay-transport';
-import { Cleanup, intEnv } from './harness';
+import { type Cleanup, intEnv, runBench } from './harness';
 
 /**
  * `npm run bench:overload`: the scheduler under overload (issue 12). A fake upstream behind a
@@ -354,23 +354,4 @@ async function main(cleanup: Cleanup): Promise<void> {
   );
 }
 
-const cleanup = new Cleanup();
-const abort = (why: string) => {
-  console.error(`bench:overload: ${why}, cleaning up`);
-  void cleanup.run().finally(() => process.exit(2));
-};
-const watchdog = setTimeout(() => abort(`still running after ${WATCHDOG_MS} ms`), WATCHDOG_MS);
-process.once('SIGINT', () => abort('SIGINT'));
-process.once('SIGTERM', () => abort('SIGTERM'));
-
-main(cleanup)
-  .then(() => cleanup.run())
-  .then(() => {
-    clearTimeout(watchdog);
-    process.exit(0);
-  })
-  .catch(async (err: unknown) => {
-    console.error('bench:overload failed:', err);
-    await cleanup.run();
-    process.exit(1);
-  });
+runBench('bench:overload', WATCHDOG_MS, main);

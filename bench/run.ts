@@ -15,7 +15,7 @@ import {
   type Target,
 } from './load';
 import { formatRelayResult, type RelayBenchResult, runRelayTransportBench, table } from './relay-transport';
-import { Cleanup, intEnv } from './harness';
+import { type Cleanup, intEnv, runBench } from './harness';
 
 /**
  * `npm run bench`: the cost of the gateway on the request path. The same client and the same
@@ -402,23 +402,4 @@ model_list:
   );
 }
 
-const cleanup = new Cleanup();
-const abort = (why: string) => {
-  console.error(`bench: ${why}, cleaning up`);
-  void cleanup.run().finally(() => process.exit(2));
-};
-const watchdog = setTimeout(() => abort(`still running after ${WATCHDOG_MS} ms`), WATCHDOG_MS);
-process.once('SIGINT', () => abort('SIGINT'));
-process.once('SIGTERM', () => abort('SIGTERM'));
-
-main(cleanup)
-  .then(() => cleanup.run())
-  .then(() => {
-    clearTimeout(watchdog);
-    process.exit(0);
-  })
-  .catch(async (err: unknown) => {
-    console.error('bench failed:', err);
-    await cleanup.run();
-    process.exit(1);
-  });
+runBench('bench', WATCHDOG_MS, main);
