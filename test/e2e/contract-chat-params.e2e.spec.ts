@@ -1,12 +1,10 @@
 import type OpenAI from 'openai';
 import {
-  type APIError,
   AuthenticationError,
   BadRequestError,
   InternalServerError,
   NotFoundError,
   PermissionDeniedError,
-  RateLimitError,
   UnprocessableEntityError,
 } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -28,11 +26,15 @@ import type { FakeUpstream } from '../support/fake-upstream';
 import { simulatorDeployment, upstreamDeployment } from '../support/router-config';
 import { freePort, type Stack } from '../support/stack';
 import { startUpstreamStack } from '../support/upstream-stack';
+import {
+  AFTER_FIRST_TOKEN_FAILURES,
+  failureCases,
+  SHARED_UPSTREAM_FAILURES,
+  type UpstreamFailureRow,
+} from '../support/upstream-failures';
 
 const CHAT = '/v1/chat/completions';
 const LIMITS = { maxMessages: 4096, maxContentParts: 1024, maxTools: 128, maxChoices: 128 };
-
-type ErrorClass = new (...args: never[]) => APIError;
 
 /**
  * Contract: every /v1/chat/completions parameter is validated with its OpenAI type and
@@ -612,19 +614,8 @@ describe('contract: chat request parameters, limits, access and upstream errors'
   });
 
   describe('upstream failures (as for completions)', () => {
-    const BAD_GATEWAY = [500, 502];
-    const rows: {
-      name: string;
-      model?: string;
-      knobs?: Record<string, unknown>;
-      status: number[];
-      cls: ErrorClass;
-      type?: string;
-      param?: string;
-      code?: string;
-      message: RegExp;
-      streamOnly?: boolean;
-    }[] = [
+    const rows: UpstreamFailureRow[] = [
+      ...SHARED_UPSTREAM_FAILURES,
       {
         name: 'upstream 400 keeps its message',
         knobs: { fake_fail: 'status:400', fake_error_message: 'messages contain a forbidden token' },
@@ -650,101 +641,6 @@ describe('contract: chat request parameters, limits, access and upstream errors'
         message: /exceed the context/,
       },
       {
-        name: 'upstream 401 (a bad upstream key is not the client’s fault)',
-        model: 'up-unauthorized',
-        status: [500, 502, 503],
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream refused/,
-      },
-      {
-        name: 'upstream 403',
-        knobs: { fake_fail: 'status:403' },
-        status: [500, 502, 503],
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream refused/,
-      },
-      {
-        name: 'upstream 429',
-        knobs: { fake_fail: 'status:429' },
-        status: [429],
-        cls: RateLimitError,
-        message: /rate limit/i,
-      },
-      {
-        name: 'upstream 500',
-        knobs: { fake_fail: 'status:500' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-      },
-      {
-        name: 'garbage',
-        knobs: { fake_fail: 'garbage' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-      },
-      {
-        name: 'no choices',
-        knobs: { fake_fail: 'no-choices' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-      },
-      {
-        name: 'finish_reason abort',
-        knobs: { fake_fail: 'finish-abort' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-      },
-      {
-        name: 'reset before the first token',
-        knobs: { fake_fail: 'reset-after:0' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-      },
-      {
-        name: 'EOF before the first token',
-        knobs: { fake_fail: 'eof-after:0' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-      },
-      {
-        name: 'oversize frame',
-        knobs: { fake_fail: 'oversize' },
-        status: BAD_GATEWAY,
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /upstream/,
-        streamOnly: true,
-      },
-      {
-        name: 'in-band error frame',
-        knobs: { fake_fail: 'error-frame' },
-        status: [400],
-        cls: BadRequestError,
-        message: /boom/,
-      },
-      {
-        name: 'connection refused on every deployment',
-        model: 'refused',
-        status: [503],
-        cls: InternalServerError,
-        type: 'server_error',
-        message: /unavailable/,
-      },
-      {
         name: 'no answer within the deployment timeout',
         model: 'up-timeout',
         knobs: { fake_fail: 'hang' },
@@ -754,18 +650,13 @@ describe('contract: chat request parameters, limits, access and upstream errors'
         message: /time/,
       },
     ];
-    const cases = rows.flatMap((r) =>
-      (r.streamOnly ? [true] : [false, true]).map((stream) => ({
-        ...r,
-        stream,
-        mode: stream ? 'stream' : 'non-stream',
-      })),
-    );
+    const cases = failureCases(rows);
 
     it.each(cases)('$name ($mode) → $status', async (row) => {
       const body = { model: row.model ?? 'up', messages: userSays('a b c'), stream: row.stream, ...row.knobs };
       const res = await raw(stack, body, { key, path: CHAT });
-      expect(row.status, res.text.slice(0, 300)).toContain(res.status);
+      const statuses = [row.status].flat();
+      expect(statuses, res.text.slice(0, 300)).toContain(res.status);
       // Late commit: a stream that fails before its first token is a plain JSON error, not SSE.
       expectOpenAIError(res, res.status, { type: row.type, param: row.param, code: row.code, message: row.message });
       expect(res.status).not.toBe(401);
@@ -784,31 +675,30 @@ describe('contract: chat request parameters, limits, access and upstream errors'
         })(),
       );
       expect(err).toBeInstanceOf(row.cls);
-      expect(row.status).toContain(err.status);
+      expect(statuses).toContain(err.status);
     });
 
-    it.each([
-      { name: 'connection reset', fail: 'reset-after:2', message: /terminated/ },
-      { name: 'EOF without [DONE]', fail: 'eof-after:2', message: /terminated/ },
-      { name: 'stall', fail: 'stall-after:2', message: /stalled/ },
-    ])('after the first token, $name: one data:{"error"} event, then data: [DONE]', async ({ fail, message }) => {
-      const prompt = 'one two three four five';
-      const body = { model: 'up', messages: userSays(prompt), stream: true, fake_fail: fail, fake_itl_ms: 30 };
-      const res = await raw(stack, body, { key, path: CHAT });
-      expect(res.status).toBe(200);
-      const sse = parseSse(res.text);
-      expect(sse.data.at(-1)).toBe('[DONE]');
-      expect(sse.errors).toHaveLength(1);
-      expect(sse.data.at(-2)).toBe(JSON.stringify(sse.errors[0]));
-      expect(sse.errors[0]?.error.type).toBe('server_error');
-      expect(sse.errors[0]?.error.message).toMatch(message);
-      const text = sse.chunks
-        .map((c) =>
-          (c.choices as unknown as { delta: { content?: string } }[]).map((x) => x.delta.content ?? '').join(''),
-        )
-        .join('');
-      expect(text.length).toBeGreaterThan(0);
-      expect(fakeUpstreamText(prompt).startsWith(text)).toBe(true);
-    });
+    it.each(AFTER_FIRST_TOKEN_FAILURES)(
+      'after the first token, $name: one data:{"error"} event, then data: [DONE]',
+      async ({ fail, message }) => {
+        const prompt = 'one two three four five';
+        const body = { model: 'up', messages: userSays(prompt), stream: true, fake_fail: fail, fake_itl_ms: 30 };
+        const res = await raw(stack, body, { key, path: CHAT });
+        expect(res.status).toBe(200);
+        const sse = parseSse(res.text);
+        expect(sse.data.at(-1)).toBe('[DONE]');
+        expect(sse.errors).toHaveLength(1);
+        expect(sse.data.at(-2)).toBe(JSON.stringify(sse.errors[0]));
+        expect(sse.errors[0]?.error.type).toBe('server_error');
+        expect(sse.errors[0]?.error.message).toMatch(message);
+        const text = sse.chunks
+          .map((c) =>
+            (c.choices as unknown as { delta: { content?: string } }[]).map((x) => x.delta.content ?? '').join(''),
+          )
+          .join('');
+        expect(text.length).toBeGreaterThan(0);
+        expect(fakeUpstreamText(prompt).startsWith(text)).toBe(true);
+      },
+    );
   });
 });

@@ -1,5 +1,5 @@
 import type OpenAI from 'openai';
-import { APIError, BadRequestError, InternalServerError, RateLimitError, UnprocessableEntityError } from 'openai';
+import { BadRequestError, InternalServerError, UnprocessableEntityError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   demux,
@@ -15,28 +15,15 @@ import type { FakeUpstream } from '../support/fake-upstream';
 import { upstreamDeployment } from '../support/router-config';
 import { freePort, type Stack } from '../support/stack';
 import { startUpstreamStack } from '../support/upstream-stack';
+import {
+  AFTER_FIRST_TOKEN_FAILURES,
+  BAD_GATEWAY,
+  failureCases,
+  SHARED_UPSTREAM_FAILURES,
+  type UpstreamFailureRow,
+} from '../support/upstream-failures';
 
 const UPSTREAM_KEY = 'upstream-secret-4f9a2b71c0';
-
-type ErrorClass = new (...args: never[]) => APIError;
-
-interface FailureRow {
-  name: string;
-  model?: string;
-  knobs?: Record<string, unknown>;
-  /** One exact status, or the acceptable ones. */
-  status: number | number[];
-  cls: ErrorClass;
-  type?: string;
-  param?: string | null;
-  code?: string | null;
-  message: RegExp;
-  retryAfter?: boolean;
-  /** Stream-only rows (a knob the non-stream path cannot express). */
-  streamOnly?: boolean;
-}
-
-const BAD_GATEWAY = [500, 502];
 
 /**
  * Contract: every way an upstream can fail reaches the client as the right status and
@@ -75,7 +62,8 @@ describe('contract: upstream failures and late commit', () => {
     await upstream?.close();
   });
 
-  const failures: FailureRow[] = [
+  const failures: UpstreamFailureRow[] = [
+    ...SHARED_UPSTREAM_FAILURES,
     {
       name: 'upstream 400 keeps its message',
       knobs: { fake_fail: 'status:400', fake_error_message: 'prompt contains a forbidden token' },
@@ -110,117 +98,12 @@ describe('contract: upstream failures and late commit', () => {
       message: /prompt plus max_tokens exceeds the context/,
     },
     {
-      name: 'upstream 401 (bad upstream key)',
-      model: 'up-unauthorized',
-      status: [500, 502, 503],
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream refused/,
-    },
-    {
-      name: 'upstream 403',
-      knobs: { fake_fail: 'status:403' },
-      status: [500, 502, 503],
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream refused/,
-    },
-    {
-      name: 'upstream 429',
-      knobs: { fake_fail: 'status:429' },
-      status: 429,
-      cls: RateLimitError,
-      message: /rate limit/,
-      retryAfter: true,
-    },
-    {
-      name: 'upstream 500',
-      knobs: { fake_fail: 'status:500' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
-      name: 'upstream 503',
-      knobs: { fake_fail: 'status:503' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
       name: 'upstream 404 for its model',
       model: 'up-missing',
       status: BAD_GATEWAY,
       cls: InternalServerError,
       type: 'server_error',
       message: /upstream/,
-    },
-    {
-      name: 'garbage body',
-      knobs: { fake_fail: 'garbage' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
-      name: 'no choices',
-      knobs: { fake_fail: 'no-choices' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
-      name: 'finish_reason abort',
-      knobs: { fake_fail: 'finish-abort' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
-      name: 'reset before the first token',
-      knobs: { fake_fail: 'reset-after:0' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
-      name: 'EOF before the first token',
-      knobs: { fake_fail: 'eof-after:0' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-    },
-    {
-      name: 'oversize frame',
-      knobs: { fake_fail: 'oversize' },
-      status: BAD_GATEWAY,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /upstream/,
-      streamOnly: true,
-    },
-    {
-      name: 'in-band error frame',
-      knobs: { fake_fail: 'error-frame' },
-      status: 400,
-      cls: BadRequestError,
-      type: 'invalid_request_error',
-      message: /boom/,
-    },
-    {
-      name: 'connection refused on every deployment',
-      model: 'refused',
-      status: 503,
-      cls: InternalServerError,
-      type: 'server_error',
-      message: /unavailable/,
     },
     {
       name: "no answer within the deployment's timeout",
@@ -232,9 +115,7 @@ describe('contract: upstream failures and late commit', () => {
       message: /time/,
     },
   ];
-  const rows = failures.flatMap((f) =>
-    (f.streamOnly ? [true] : [false, true]).map((stream) => ({ ...f, stream, mode: stream ? 'stream' : 'non-stream' })),
-  );
+  const rows = failureCases(failures);
 
   it.each(rows)('$name ($mode) → $status', async (row) => {
     const body = { model: row.model ?? 'up', prompt: 'a b c', stream: row.stream, ...row.knobs };
@@ -291,30 +172,29 @@ describe('contract: upstream failures and late commit', () => {
   });
 
   describe('after the first token', () => {
-    it.each([
-      { name: 'connection reset', fail: 'reset-after:2', message: /terminated/ },
-      { name: 'EOF without [DONE]', fail: 'eof-after:2', message: /terminated/ },
-      { name: 'stall', fail: 'stall-after:2', message: /stalled/ },
-    ])('$name: exactly one data:{"error"} event, then data: [DONE]', async ({ fail, message }) => {
-      const body = { model: 'up', prompt: 'one two three four five', stream: true, fake_fail: fail, fake_itl_ms: 50 };
-      const res = await raw(stack, body, { key });
-      expect(res.status).toBe(200);
-      expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
-      const sse = parseSse(res.text);
-      expect(sse.data.at(-1)).toBe('[DONE]');
-      expect(sse.data.filter((d) => d === '[DONE]')).toHaveLength(1);
-      expect(sse.errors).toHaveLength(1);
-      // The error is the last event: nothing after it but [DONE].
-      expect(sse.data.at(-2)).toBe(JSON.stringify(sse.errors[0]));
-      const error = sse.errors[0]?.error;
-      expect(Object.keys(error ?? {}).sort()).toEqual(['code', 'message', 'param', 'type']);
-      expect(error?.type).toBe('server_error');
-      expect(error?.message).toMatch(message);
-      const text = demux(sse.chunks).get(0)?.text ?? '';
-      expect(text.length).toBeGreaterThan(0);
-      expect(fakeUpstreamText('one two three four five').startsWith(text)).toBe(true);
-      expect(res.text).not.toContain(UPSTREAM_KEY);
-    });
+    it.each(AFTER_FIRST_TOKEN_FAILURES)(
+      '$name: exactly one data:{"error"} event, then data: [DONE]',
+      async ({ fail, message }) => {
+        const body = { model: 'up', prompt: 'one two three four five', stream: true, fake_fail: fail, fake_itl_ms: 50 };
+        const res = await raw(stack, body, { key });
+        expect(res.status).toBe(200);
+        expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+        const sse = parseSse(res.text);
+        expect(sse.data.at(-1)).toBe('[DONE]');
+        expect(sse.data.filter((d) => d === '[DONE]')).toHaveLength(1);
+        expect(sse.errors).toHaveLength(1);
+        // The error is the last event: nothing after it but [DONE].
+        expect(sse.data.at(-2)).toBe(JSON.stringify(sse.errors[0]));
+        const error = sse.errors[0]?.error;
+        expect(Object.keys(error ?? {}).sort()).toEqual(['code', 'message', 'param', 'type']);
+        expect(error?.type).toBe('server_error');
+        expect(error?.message).toMatch(message);
+        const text = demux(sse.chunks).get(0)?.text ?? '';
+        expect(text.length).toBeGreaterThan(0);
+        expect(fakeUpstreamText('one two three four five').startsWith(text)).toBe(true);
+        expect(res.text).not.toContain(UPSTREAM_KEY);
+      },
+    );
 
     it('the SDK raises an APIError while iterating, after the first tokens', async () => {
       const stream = await client.completions.create({
