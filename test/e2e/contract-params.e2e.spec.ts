@@ -1,7 +1,16 @@
 import type OpenAI from 'openai';
 import { BadRequestError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { contractModels, expectOpenAIError, probe, raw, rejection, sdk } from '../support/contract-helpers';
+import {
+  contractModels,
+  expectOpenAIError,
+  invalidCases,
+  NOT_MISSING,
+  probe,
+  raw,
+  rejection,
+  sdk,
+} from '../support/contract-helpers';
 import type { FakeUpstream } from '../support/fake-upstream';
 import type { Stack } from '../support/stack';
 import { startUpstreamStack } from '../support/upstream-stack';
@@ -29,19 +38,11 @@ describe('contract: completion request parameters', () => {
   });
 
   const base = { model: 'echo', prompt: 'hello world' };
-  // A wrong-type message must describe the type problem, not claim that the field is missing.
-  const notMissing = /^(?!.*Missing required)/;
-  /** One invalid request: `patch` is applied over a valid body (undefined removes a field). */
-  const bad = (name: string, patch: Record<string, unknown>, param: string, ...message: RegExp[]) => ({
-    name,
-    body: { ...base, ...patch },
-    param,
-    message,
-  });
+  const bad = invalidCases(base);
 
   const invalid = [
     bad('model missing', { model: undefined }, 'model', /Missing required parameter: 'model'/),
-    bad('model not a string', { model: 42 }, 'model', /'model'/, /string/, notMissing),
+    bad('model not a string', { model: 42 }, 'model', /'model'/, /string/, NOT_MISSING),
     bad('model empty', { model: '' }, 'model', /'model'/, /empty/),
     bad('prompt missing', { prompt: undefined }, 'prompt', /'prompt'/),
     bad('prompt empty string', { prompt: '' }, 'prompt', /'prompt'/, /empty/),
@@ -51,19 +52,19 @@ describe('contract: completion request parameters', () => {
     bad('prompt fractional token id', { prompt: [1.5] }, 'prompt', /'prompt'/, /token ids/),
     bad('prompt mixed array', { prompt: ['a', 1] }, 'prompt', /'prompt'/, /array of strings/),
     bad('prompt object', { prompt: { text: 'x' } }, 'prompt', /'prompt'/, /string/),
-    bad('suffix not a string', { suffix: 5 }, 'suffix', /'suffix'/, /string/, notMissing),
+    bad('suffix not a string', { suffix: 5 }, 'suffix', /'suffix'/, /string/, NOT_MISSING),
     bad('max_tokens -1', { max_tokens: -1 }, 'max_tokens', /'max_tokens'/, />=\s*0/),
-    bad('max_tokens 1.5', { max_tokens: 1.5 }, 'max_tokens', /'max_tokens'/, /int/, notMissing),
-    bad('max_tokens "10"', { max_tokens: '10' }, 'max_tokens', /'max_tokens'/, /number|int/, notMissing),
+    bad('max_tokens 1.5', { max_tokens: 1.5 }, 'max_tokens', /'max_tokens'/, /int/, NOT_MISSING),
+    bad('max_tokens "10"', { max_tokens: '10' }, 'max_tokens', /'max_tokens'/, /number|int/, NOT_MISSING),
     bad('temperature 2.1', { temperature: 2.1 }, 'temperature', /'temperature'/, /<=\s*2/),
     bad('temperature -0.1', { temperature: -0.1 }, 'temperature', /'temperature'/, />=\s*0/),
-    bad('temperature "hot"', { temperature: 'hot' }, 'temperature', /'temperature'/, /number/, notMissing),
+    bad('temperature "hot"', { temperature: 'hot' }, 'temperature', /'temperature'/, /number/, NOT_MISSING),
     bad('top_p 1.1', { top_p: 1.1 }, 'top_p', /'top_p'/, /<=\s*1/),
     bad('top_p -0.5', { top_p: -0.5 }, 'top_p', /'top_p'/, />=\s*0/),
     bad('n 0', { n: 0 }, 'n', /'n'/, />=\s*1/),
     bad('n 129', { n: 129 }, 'n', /'n'/, /<=\s*128/),
-    bad('n 2.5', { n: 2.5 }, 'n', /'n'/, /int/, notMissing),
-    bad('stream "true"', { stream: 'true' }, 'stream', /'stream'/, /bool/, notMissing),
+    bad('n 2.5', { n: 2.5 }, 'n', /'n'/, /int/, NOT_MISSING),
+    bad('stream "true"', { stream: 'true' }, 'stream', /'stream'/, /bool/, NOT_MISSING),
     bad(
       'stream_options without stream',
       { stream_options: { include_usage: true } },
@@ -82,12 +83,12 @@ describe('contract: completion request parameters', () => {
       'stream_options',
       /'stream_options.include_usage'/,
       /bool/,
-      notMissing,
+      NOT_MISSING,
     ),
     bad('logprobs 6', { logprobs: 6 }, 'logprobs', /'logprobs'/, /<=\s*5/),
     bad('logprobs -1', { logprobs: -1 }, 'logprobs', /'logprobs'/, />=\s*0/),
-    bad('logprobs true', { logprobs: true }, 'logprobs', /'logprobs'/, /number|int/, notMissing),
-    bad('echo "yes"', { echo: 'yes' }, 'echo', /'echo'/, /bool/, notMissing),
+    bad('logprobs true', { logprobs: true }, 'logprobs', /'logprobs'/, /number|int/, NOT_MISSING),
+    bad('echo "yes"', { echo: 'yes' }, 'echo', /'echo'/, /bool/, NOT_MISSING),
     bad('stop with 5 sequences', { stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop', /'stop'/, /4/),
     bad('stop empty array', { stop: [] }, 'stop', /'stop'/),
     bad('stop number', { stop: 5 }, 'stop', /'stop'/, /string/),
@@ -102,10 +103,10 @@ describe('contract: completion request parameters', () => {
     bad('logit_bias key not a token id', { logit_bias: { abc: 1 } }, 'logit_bias', /'logit_bias/, /key/),
     bad('logit_bias value 101', { logit_bias: { '50256': 101 } }, 'logit_bias', /'logit_bias/, /<=\s*100/),
     bad('logit_bias value -101', { logit_bias: { '50256': -101 } }, 'logit_bias', /'logit_bias/, />=\s*-100/),
-    bad('logit_bias not an object', { logit_bias: 'x' }, 'logit_bias', /'logit_bias'/, /record|object/, notMissing),
-    bad('seed 1.5', { seed: 1.5 }, 'seed', /'seed'/, /int/, notMissing),
-    bad('seed "1"', { seed: '1' }, 'seed', /'seed'/, /number|int/, notMissing),
-    bad('user not a string', { user: 5 }, 'user', /'user'/, /string/, notMissing),
+    bad('logit_bias not an object', { logit_bias: 'x' }, 'logit_bias', /'logit_bias'/, /record|object/, NOT_MISSING),
+    bad('seed 1.5', { seed: 1.5 }, 'seed', /'seed'/, /int/, NOT_MISSING),
+    bad('seed "1"', { seed: '1' }, 'seed', /'seed'/, /number|int/, NOT_MISSING),
+    bad('user not a string', { user: 5 }, 'user', /'user'/, /string/, NOT_MISSING),
     bad('user_id boolean', { user_id: true }, 'user_id', /'user_id'/),
   ];
 

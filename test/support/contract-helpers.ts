@@ -421,6 +421,22 @@ export function chatModels(upstreamUrl: string): Deployment[] {
   ];
 }
 
+/** A wrong-type message must describe the type problem, not claim that the field is missing. */
+export const NOT_MISSING = /^(?!.*Missing required)/;
+
+/**
+ * A maker of invalid-request cases over a valid `base` body: `patch` is applied over it
+ * (undefined removes a field), and the 400 must name `param` and match every message pattern.
+ */
+export function invalidCases(base: Record<string, unknown>) {
+  return (name: string, patch: Record<string, unknown>, param: string, ...message: RegExp[]) => ({
+    name,
+    body: { ...base, ...patch },
+    param,
+    message,
+  });
+}
+
 /** A user message list with one user message. */
 export function userSays(content: string): { role: 'user'; content: string }[] {
   return [{ role: 'user', content }];
