@@ -3,6 +3,7 @@ import {
   AppConfig,
   Clock,
   CONCURRENCY_LEASE_MS,
+  modelCapacity,
   TokenAdmission,
   type LimitDecision,
   RateLimitError,
@@ -22,7 +23,10 @@ const LABELS = {
 /** An admitted request: its rate-limit headers and the slot it holds until `release()`. */
 export interface Admitted {
   headers: Record<string, string>;
-  /** The token's requests for the model in flight, this one included (its turn: bounds its fair-queueing lead). */
+  /**
+   * The token's requests for the model in flight, this one included (its turn: bounds its
+   * fair-queueing lead); 0 for a model without a capacity, which counts none.
+   */
   turn: number;
   /** Gives the token's concurrency slot back; idempotent. */
   release: () => void;
@@ -38,8 +42,8 @@ export interface Admitted {
 export class LimitsService implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger(LimitsService.name);
   private readonly admission: TokenAdmission;
-  /** Token id → the requests this gateway holds a lease for (request id → model). */
-  private readonly held = new Map<string, Map<string, string>>();
+  /** Token id → the requests this gateway holds a lease for (request id → the model whose turn it holds, or null). */
+  private readonly held = new Map<string, Map<string, string | null>>();
   private timer?: NodeJS.Timeout;
 
   constructor(
@@ -61,11 +65,13 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
 
   /** Throws 429 (with the rate-limit headers) when the token is over a limit. */
   async admit(token: TokenRecord, model: ModelEntry, rid: string, now: number): Promise<Admitted> {
+    // Only a model with a capacity counts turns (they bound its fair-queueing lead).
+    const turnModel = modelCapacity(model) === undefined ? null : model.name;
     let decision: LimitDecision;
     try {
       decision = await this.admission.check(token, {
         rid,
-        model: model.name,
+        model: turnModel,
         weight: 1 / model.requestLimitMultiplier,
         maxParallel: token.max_parallel_requests ?? this.config.env.AQUEDUCT_DEFAULT_MAX_PARALLEL,
         now,
@@ -76,8 +82,8 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
     if (!decision.allowed) {
       throw this.refusal(token, decision);
     }
-    const rids = this.held.get(token.id) ?? new Map<string, string>();
-    this.held.set(token.id, rids.set(rid, model.name));
+    const rids = this.held.get(token.id) ?? new Map<string, string | null>();
+    this.held.set(token.id, rids.set(rid, turnModel));
     let released = false;
     return {
       headers: decision.headers,
@@ -92,7 +98,7 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
           this.held.delete(token.id);
         }
         // A failed release only delays the slot until its lease expires.
-        this.admission.release(token.id, model.name, rid).catch(() => undefined);
+        this.admission.release(token.id, turnModel, rid).catch(() => undefined);
       },
     };
   }

@@ -13,17 +13,19 @@
  * concurrent requests cannot all pass (the race of a read-then-write check).
  *
  * The request's turn (see scheduling/turns.ts) is the size, once it is admitted, of a second
- * lease ZSET: the token's requests for this model only.
+ * lease ZSET: the token's requests for this model only. Only a model with a capacity has
+ * one (ARGV[9] = '1'): the turn bounds its fair-queueing lead, and no other model needs it.
  *
  * KEYS[1] limiter hash, KEYS[2] lease ZSET, KEYS[3] the token's lease ZSET for the model;
  * ARGV: now_ms, weight, rpm, itpm, otpm (a limit < 0 = no limit), max_parallel, lease_ms,
- * request id.
+ * request id, whether to count the turn ('1' or '0').
  * Returns { denied (0 ok | 1 requests | 2 input tokens | 3 output tokens | 4 concurrency),
  *           request weight used (a string: Lua numbers become integers), input used,
  *           output used, ms until the refused request would pass,
  *           ms until the request, input and output budgets are whole again,
  *           requests in flight including this one when admitted,
-           the token's requests for the model in flight including this one (its turn) }.
+           the token's requests for the model in flight including this one (its turn; 0 when
+           not counted) }.
  * Kept in a TypeScript string so that the build ships it without copying assets.
  */
 export const ADMISSION_LUA = `
@@ -100,11 +102,13 @@ if denied == 0 then
   redis.call('ZADD', leases, now + lease_ms, ARGV[8])
   redis.call('PEXPIRE', leases, lease_ms * 2)
   inflight = inflight + 1
-  local model_leases = KEYS[3]
-  redis.call('ZREMRANGEBYSCORE', model_leases, '-inf', now)
-  redis.call('ZADD', model_leases, now + lease_ms, ARGV[8])
-  redis.call('PEXPIRE', model_leases, lease_ms * 2)
-  turn = redis.call('ZCARD', model_leases)
+  if ARGV[9] == '1' then
+    local model_leases = KEYS[3]
+    redis.call('ZREMRANGEBYSCORE', model_leases, '-inf', now)
+    redis.call('ZADD', model_leases, now + lease_ms, ARGV[8])
+    redis.call('PEXPIRE', model_leases, lease_ms * 2)
+    turn = redis.call('ZCARD', model_leases)
+  end
 end
 if limited then
   redis.call('PEXPIRE', key, 61000)

@@ -12,7 +12,7 @@ export interface LimitDecision {
   retryAfterMs: number;
   /** `x-ratelimit-*` headers, as OpenAI sends them, for every response to a limited token. */
   headers: Record<string, string>;
-  /** Admitted: the token's requests for the model in flight, this one included (its turn). */
+  /** Admitted: the token's requests for the model in flight, this one included (its turn); 0 when not counted. */
   turn: number;
 }
 
@@ -44,13 +44,17 @@ type AdmitCommand = (
   maxParallel: number,
   leaseMs: number,
   rid: string,
+  countTurn: '1' | '0',
 ) => Promise<[number, string, number, number, number, number, number, number, number, number]>;
 
 /** One request asking to be admitted. */
 export interface AdmissionRequest {
   rid: string;
-  /** Canonical model name: the request's turn is counted per token and model. */
-  model: string;
+  /**
+   * The canonical model name when the model has a capacity: its turn is then counted per
+   * token and model; null for an unlimited model, which needs no turn.
+   */
+  model: string | null;
   /** 1 / the model's request_limit_multiplier. */
   weight: number;
   maxParallel: number;
@@ -92,7 +96,8 @@ export class TokenAdmission {
     const [denied, usedR, usedI, usedO, retry, resetR, resetI, resetO, , turn] = await this.admit(
       this.names.limiter(token.id),
       this.names.tokenLeases(token.id),
-      this.names.tokenModelLeases(token.id, req.model),
+      // Declared either way (a script names its keys); unused without a model.
+      this.names.tokenModelLeases(token.id, req.model ?? ''),
       req.now,
       req.weight,
       rpm,
@@ -101,6 +106,7 @@ export class TokenAdmission {
       req.maxParallel,
       CONCURRENCY_LEASE_MS,
       req.rid,
+      req.model === null ? '0' : '1',
     );
     const headers: Record<string, string> = {};
     if (rpm >= 0) {
@@ -135,10 +141,10 @@ export class TokenAdmission {
   }
 
   /**
-   * Extends the leases of requests still held, per token (request id → model), in one
-   * pipeline for all of them.
+   * Extends the leases of requests still held, per token (request id → the model whose turn
+   * it holds, or null), in one pipeline for all of them.
    */
-  async renew(byToken: ReadonlyMap<string, ReadonlyMap<string, string>>, now: number): Promise<void> {
+  async renew(byToken: ReadonlyMap<string, ReadonlyMap<string, string | null>>, now: number): Promise<void> {
     if (byToken.size === 0) {
       return;
     }
@@ -149,8 +155,10 @@ export class TokenAdmission {
       const models = new Set<string>();
       for (const [rid, model] of rids) {
         p.zadd(key, 'XX', expiry, rid);
-        p.zadd(this.names.tokenModelLeases(tokenId, model), 'XX', expiry, rid);
-        models.add(model);
+        if (model !== null) {
+          p.zadd(this.names.tokenModelLeases(tokenId, model), 'XX', expiry, rid);
+          models.add(model);
+        }
       }
       p.pexpire(key, CONCURRENCY_LEASE_MS * 2);
       for (const model of models) {
@@ -160,8 +168,12 @@ export class TokenAdmission {
     await p.exec();
   }
 
-  /** Gives a request's slot back (both of its leases, in one round trip). */
-  async release(tokenId: string, model: string, rid: string): Promise<void> {
+  /** Gives a request's slot back (and its turn, when it counted one: both in one round trip). */
+  async release(tokenId: string, model: string | null, rid: string): Promise<void> {
+    if (model === null) {
+      await this.redis.zrem(this.names.tokenLeases(tokenId), rid);
+      return;
+    }
     await this.redis
       .multi()
       .zrem(this.names.tokenLeases(tokenId), rid)
