@@ -71,13 +71,16 @@ export class GatewayMetrics {
       buckets: QUEUE_WAIT_BUCKETS,
       registers,
     });
+    // Both queue gauges come from the same counts: the registry collects them concurrently,
+    // so one scrape shares one read of every model queue.
+    let pending: Promise<{ model: string; counts: Record<string, number> }[]> | undefined;
     const countsByModel = () =>
-      Promise.all(
+      (pending ??= Promise.all(
         [...queues.entries()].map(async ([model, queue]) => ({
           model,
           counts: await queue.getJobCounts(...QUEUE_STATES),
         })),
-      );
+      ).finally(() => (pending = undefined)));
     new Gauge({
       name: 'aqueduct_queue_jobs',
       help: "Jobs in each model's queue by state, read from Redis at scrape time.",
