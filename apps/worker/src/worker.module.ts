@@ -17,6 +17,7 @@ import { DeploymentPicker } from './inference/deployment.picker';
 import { InferenceProcessor } from './inference/inference.processor';
 import { InferenceRunner } from './inference/inference.runner';
 import { JobWatchdog } from './inference/job.watchdog';
+import { RelayOutbox } from './inference/relay.outbox';
 import { MeteredBackendRegistry } from './observability/metered-backend.registry';
 import { WorkerMetricsServer } from './observability/worker-metrics.server';
 import { WorkerMetrics } from './observability/worker-metrics';
@@ -49,6 +50,7 @@ import { WorkerIdentity } from './worker-identity';
     WorkerUsageService,
     DeploymentPicker,
     JobWatchdog,
+    RelayOutbox,
     InferenceRunner,
     InferenceProcessor,
   ],

@@ -102,6 +102,7 @@ export class InferenceService {
       op: op.name,
       att: 0,
       replyTo: this.relay.inbox,
+      replyBatched: true,
       model: model.name,
       stream: request.stream,
       params,

@@ -134,15 +134,23 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     return this.sessions.size;
   }
 
+  /** One relay message, or a worker's batch of them for this inbox (a JSON array, see RelayOutbox). */
   private dispatch(raw: string): void {
-    let msg: RelayMessage;
+    let parsed: RelayMessage | RelayMessage[];
     try {
-      msg = JSON.parse(raw) as RelayMessage;
+      parsed = JSON.parse(raw) as RelayMessage | RelayMessage[];
     } catch {
       this.logger.warn('dropped an unparseable relay message');
       return;
     }
-    this.sessions.get(msg.rid)?.accept(msg, this.clock.now());
+    const now = this.clock.now();
+    if (Array.isArray(parsed)) {
+      for (const msg of parsed) {
+        this.sessions.get(msg.rid)?.accept(msg, now);
+      }
+    } else {
+      this.sessions.get(parsed.rid)?.accept(parsed, now);
+    }
   }
 
   /**

@@ -19,6 +19,7 @@ import { WorkerUsageService } from '../usage/worker-usage.service';
 import { WorkerIdentity } from '../worker-identity';
 import { DeploymentPicker } from './deployment.picker';
 import { InferenceRunner } from './inference.runner';
+import { RelayOutbox } from './relay.outbox';
 import { JobWatchdog } from './job.watchdog';
 
 /** The runner against real Redis pub/sub and a real upstream; only the gateway is absent. */
@@ -63,8 +64,11 @@ describe('InferenceRunner', () => {
     publisher = new Redis(REDIS_URL);
     subscriber = new Redis(REDIS_URL);
     subscriber.on('message', (_c: string, raw: string) => {
-      const msg = JSON.parse(raw) as RelayMessage;
-      received.set(msg.rid, [...(received.get(msg.rid) ?? []), msg]);
+      // The jobs below accept batches (replyBatched): one PUBLISH may carry several messages.
+      const parsed = JSON.parse(raw) as RelayMessage | RelayMessage[];
+      for (const msg of Array.isArray(parsed) ? parsed : [parsed]) {
+        received.set(msg.rid, [...(received.get(msg.rid) ?? []), msg]);
+      }
     });
     await subscriber.subscribe(inbox);
     cancellations = new CancellationRegistry(config, {} as ServerRedis);
@@ -75,7 +79,19 @@ describe('InferenceRunner', () => {
     const clock = new Clock();
     const picker = new DeploymentPicker(config, clock, publisher);
     const watchdog = new JobWatchdog(config, clock, picker, publisher);
-    runner = new InferenceRunner(config, clock, identity, cancellations, backends, usage, picker, watchdog, publisher);
+    const outbox = new RelayOutbox(publisher);
+    runner = new InferenceRunner(
+      config,
+      clock,
+      identity,
+      cancellations,
+      backends,
+      usage,
+      picker,
+      watchdog,
+      outbox,
+      publisher,
+    );
   });
 
   afterAll(async () => {
@@ -90,6 +106,7 @@ describe('InferenceRunner', () => {
     op: 'completion',
     att: 0,
     replyTo: inbox,
+    replyBatched: true,
     model,
     stream,
     params,

@@ -27,6 +27,7 @@ import { DeploymentPicker } from './deployment.picker';
 import { jobFailure } from './job-failure';
 import { type JobState, newJobState } from './job-state';
 import { JobWatchdog } from './job.watchdog';
+import { RelayOutbox } from './relay.outbox';
 import { RelayPublisher } from './relay.publisher';
 
 /** Jobs that waited at least this long are checked for a live gateway before they run. */
@@ -57,6 +58,7 @@ export class InferenceRunner {
     private readonly usage: WorkerUsageService,
     private readonly picker: DeploymentPicker,
     private readonly watchdog: JobWatchdog,
+    private readonly outbox: RelayOutbox,
     @InjectPublisher() private readonly redis: Redis,
   ) {
     this.fairShare = new FairShare(redis, config.names);
@@ -66,7 +68,8 @@ export class InferenceRunner {
   async run(data: CompletionJobData, queueMs = 0): Promise<CompletionJobResult> {
     const state = newJobState(queueMs);
     const abort = this.cancellations.register(data.rid);
-    const out = new RelayPublisher(this.redis, data.replyTo, data.rid, data.att, (why) =>
+    const sink = data.replyBatched === true ? this.outbox : this.redis;
+    const out = new RelayPublisher(sink, data.replyTo, data.rid, data.att, (why) =>
       abort?.abort(new RelayLostError(why)),
     );
     // Claim and `start` leave in one socket write (auto-pipelining); if the gateway had

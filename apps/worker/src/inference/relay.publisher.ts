@@ -1,5 +1,5 @@
 import { RELAY_PART_MAX_BYTES, type RelayMessage, type ResultItem, type Usage } from '@app/common';
-import type Redis from 'ioredis';
+import type { RelaySink } from './relay.outbox';
 
 type Payload = RelayMessage extends infer M ? (M extends RelayMessage ? Omit<M, 'rid' | 'att' | 'seq'> : never) : never;
 
@@ -58,7 +58,8 @@ export class RelayPublisher {
   lastSentAt = 0;
 
   constructor(
-    private readonly redis: Redis,
+    /** Redis, or the outbox that batches the messages of all jobs per gateway and turn. */
+    private readonly sink: RelaySink,
     private readonly channel: string,
     private readonly rid: string,
     private readonly att: number,
@@ -149,7 +150,7 @@ export class RelayPublisher {
     this.unacked += bytes;
     this.credit -= bytes;
     this.lastSentAt = this.now();
-    this.pending = this.redis.publish(this.channel, raw).then(
+    this.pending = this.sink.publish(this.channel, raw).then(
       (receivers) => {
         this.unacked -= bytes;
         if (receivers === 0) {

@@ -23,6 +23,12 @@ export interface CompletionJobData {
   att: number;
   /** Pub/sub channel of the gateway instance that holds the client connection. */
   replyTo: string;
+  /**
+   * Set by gateways that accept batched relay messages (a JSON array of messages in one
+   * PUBLISH, see RelayOutbox): a worker batches only for those, so a gateway of an older
+   * release keeps getting one message per PUBLISH during a rolling upgrade.
+   */
+  replyBatched?: true;
   /** Canonical model name (aliases already resolved by the gateway). */
   model: string;
   stream: boolean;

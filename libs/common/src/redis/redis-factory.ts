@@ -1,9 +1,11 @@
 import Redis, { type RedisOptions } from 'ioredis';
+import { coalesceWrites } from './coalesce-writes';
 import { ConnectionStateLog } from './connection-state-log';
 import { reconnectDelay } from './reconnect-delay';
 import { endRedis, redisUsable, trackConnection } from './shutdown';
 
 // libs/common/src/index.ts exports this file: the rest of the redis module's public surface.
+export * from './coalesce-writes';
 export * from './connection-state-log';
 export * from './shutdown';
 
@@ -36,6 +38,9 @@ export function redisOptions(role: RedisRole, name: string): RedisOptions {
  */
 export function createRedis(url: string, role: RedisRole, name: string, logAs: string = role): Redis {
   const client = new Redis(url, redisOptions(role, name));
+  if (role === 'command') {
+    coalesceWrites(client);
+  }
   ConnectionStateLog.for(logAs).watch(client);
   return trackConnection(client);
 }

@@ -89,4 +89,30 @@ describe('UsageStore', () => {
     expect(await redis.get(names.usageClaim('r1'))).toBe('gateway');
     expect(await redis.pttl(names.usageClaim('r1'))).toBeGreaterThan(50_000);
   });
+
+  // Workers write the records of one turn in one call: each keeps its own claim and counters.
+  it('writes a batch in one call, skipping only the records whose claim is taken', async () => {
+    const names = redisNames('usage-batch');
+    const store = new UsageStore(redis, names, 3_600_000);
+    const now = Date.now();
+    await store.record(record('b2', 'error', 5), now, true, { owner: 'gateway', ttlMs: 60_000 });
+    const claim = { owner: 'wk-1', ttlMs: 60_000 };
+    const written = await store.recordMany(
+      [
+        { record: record('b1', 'ok', 2), countTowardsLimits: true, claim },
+        { record: record('b2', 'ok', 9), countTowardsLimits: true, claim },
+        { record: { ...record('b3', 'ok', 4), token_id: 'tok_2' }, countTowardsLimits: false },
+      ],
+      now,
+    );
+    expect(written).toEqual([true, false, true]);
+    const log = await redis.xrange(names.usageLog, '-', '+');
+    expect(log.map(([, f]) => (JSON.parse(f[1] ?? '{}') as UsageRecord).rid)).toEqual(['b2', 'b1', 'b3']);
+    expect(await store.totals('token', 'tok_1')).toMatchObject({ requests: 2, completion_tokens: 7, errors: 1 });
+    expect(await store.totals('token', 'tok_2')).toMatchObject({ requests: 1, completion_tokens: 4 });
+    // Only the records that count towards limits reach the token's window: b2 (gateway) and b1.
+    const window = await redis.hgetall(names.limiter('tok_1'));
+    expect(Object.entries(window).find(([f]) => f.startsWith('o:'))?.[1]).toBe('7');
+    expect(await redis.exists(names.limiter('tok_2'))).toBe(0);
+  });
 });

@@ -14,35 +14,44 @@ function add(t: UsageTotals, r: UsageRecord): void {
 }
 
 /**
- * One request's accounting in one script call (a MULTI of ~16 commands cost the worker
- * noticeably more CPU): first the trim of records past retention, then the record into
- * the log stream, the all-time counters of its
- * token and model, and, when asked, its tokens into the token's rate-limit window.
- * KEYS: log, token counters, model counters, limiter ('' = none), usage claim ('' = none).
- * ARGV: minid, record JSON, prompt tokens, completion tokens, error (0/1), second, claim
- * owner, claim TTL ms. Returns 0, writing nothing, when the claim was already taken.
+ * The accounting of one or more requests in one script call (a MULTI of ~16 commands per
+ * record cost the worker noticeably more CPU; one call per record cost Redis a script
+ * run each): first the trim of records past retention, then per record its claim, the
+ * record into the log stream, the all-time counters of its token and model, and, when
+ * asked, its tokens into the token's rate-limit window.
+ * KEYS, 5 per record: log, token counters, model counters, limiter ('' = none), usage
+ * claim ('' = none). ARGV: minid, then 7 per record: record JSON, prompt tokens,
+ * completion tokens, error (0/1), second, claim owner, claim TTL ms.
+ * Returns one 0/1 per record: 0, nothing written, when its claim was already taken.
  */
 // XTRIM comes first, before the claim's SET too: SET and XADD are refused when Redis is
 // at maxmemory, XTRIM is not, so old records are still trimmed (and memory freed) when
 // Redis is nearly full; once it trimmed, the script may write the rest.
 const ACCOUNT_LUA = `
 redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1])
-if KEYS[5] ~= '' and not redis.call('SET', KEYS[5], ARGV[7], 'PX', ARGV[8], 'NX') then
-  return 0
+local written = {}
+for j = 0, #KEYS / 5 - 1 do
+  local k = j * 5
+  local a = 1 + j * 7
+  if KEYS[k + 5] ~= '' and not redis.call('SET', KEYS[k + 5], ARGV[a + 6], 'PX', ARGV[a + 7], 'NX') then
+    written[j + 1] = 0
+  else
+    redis.call('XADD', KEYS[k + 1], '*', 'd', ARGV[a + 1])
+    for c = k + 2, k + 3 do
+      redis.call('HINCRBY', KEYS[c], 'requests', 1)
+      redis.call('HINCRBY', KEYS[c], 'prompt_tokens', ARGV[a + 2])
+      redis.call('HINCRBY', KEYS[c], 'completion_tokens', ARGV[a + 3])
+      redis.call('HINCRBY', KEYS[c], 'errors', ARGV[a + 4])
+    end
+    if KEYS[k + 4] ~= '' then
+      redis.call('HINCRBY', KEYS[k + 4], 'i:' .. ARGV[a + 5], ARGV[a + 2])
+      redis.call('HINCRBY', KEYS[k + 4], 'o:' .. ARGV[a + 5], ARGV[a + 3])
+      redis.call('PEXPIRE', KEYS[k + 4], 61000)
+    end
+    written[j + 1] = 1
+  end
 end
-redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
-for k = 2, 3 do
-  redis.call('HINCRBY', KEYS[k], 'requests', 1)
-  redis.call('HINCRBY', KEYS[k], 'prompt_tokens', ARGV[3])
-  redis.call('HINCRBY', KEYS[k], 'completion_tokens', ARGV[4])
-  redis.call('HINCRBY', KEYS[k], 'errors', ARGV[5])
-end
-if KEYS[4] ~= '' then
-  redis.call('HINCRBY', KEYS[4], 'i:' .. ARGV[6], ARGV[3])
-  redis.call('HINCRBY', KEYS[4], 'o:' .. ARGV[6], ARGV[4])
-  redis.call('PEXPIRE', KEYS[4], 61000)
-end
-return 1
+return written
 `;
 
 /** Who takes a request's usage claim ({@link RedisNames.usageClaim}), and for how long it is kept. */
@@ -51,7 +60,16 @@ export interface UsageClaim {
   ttlMs: number;
 }
 
-type AccountCommand = (...args: (string | number)[]) => Promise<number>;
+type AccountCommand = (numKeys: number, ...args: (string | number)[]) => Promise<number[]>;
+
+/** One record to write, as {@link UsageStore.recordMany} takes them. */
+export interface UsageWrite {
+  record: UsageRecord;
+  /** Its tokens also count in the token's sliding rate-limit window (see RateLimiter). */
+  countTowardsLimits: boolean;
+  /** Written only when this claim key is still free (taken in the same script). */
+  claim?: UsageClaim;
+}
 
 /**
  * Usage records in a Redis Stream (ordered by time, trimmed by age with MINID) plus
@@ -65,7 +83,8 @@ export class UsageStore {
     private readonly names: RedisNames,
     private readonly retentionMs: number,
   ) {
-    redis.defineCommand('aqueductAccount', { numberOfKeys: 5, lua: ACCOUNT_LUA });
+    // numberOfKeys left out: a call names its own (5 per record).
+    redis.defineCommand('aqueductAccount', { lua: ACCOUNT_LUA });
     this.account = (redis as unknown as { aqueductAccount: AccountCommand }).aqueductAccount.bind(redis);
   }
 
@@ -76,22 +95,34 @@ export class UsageStore {
    * already recorded the request.
    */
   async record(r: UsageRecord, now: number, countTowardsLimits = false, claim?: UsageClaim): Promise<boolean> {
-    const written = await this.account(
-      this.names.usageLog,
-      this.names.usageByToken(r.token_id),
-      this.names.usageByModel(r.model),
-      countTowardsLimits ? this.names.limiter(r.token_id) : '',
-      claim === undefined ? '' : this.names.usageClaim(r.rid),
-      String(now - this.retentionMs),
-      JSON.stringify(r),
-      r.prompt_tokens,
-      r.completion_tokens,
-      r.status >= 400 ? 1 : 0,
-      Math.floor(now / 1000),
-      claim?.owner ?? '',
-      Math.max(1, Math.round(claim?.ttlMs ?? 1)),
-    );
-    return written === 1;
+    const [written] = await this.recordMany([{ record: r, countTowardsLimits, claim }], now);
+    return written === true;
+  }
+
+  /** Several records in one script call (see ACCOUNT_LUA); one `written` flag per record, in order. */
+  async recordMany(writes: readonly UsageWrite[], now: number): Promise<boolean[]> {
+    const keys: string[] = [];
+    const args: (string | number)[] = [String(now - this.retentionMs)];
+    for (const { record: r, countTowardsLimits, claim } of writes) {
+      keys.push(
+        this.names.usageLog,
+        this.names.usageByToken(r.token_id),
+        this.names.usageByModel(r.model),
+        countTowardsLimits ? this.names.limiter(r.token_id) : '',
+        claim === undefined ? '' : this.names.usageClaim(r.rid),
+      );
+      args.push(
+        JSON.stringify(r),
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.status >= 400 ? 1 : 0,
+        Math.floor(now / 1000),
+        claim?.owner ?? '',
+        Math.max(1, Math.round(claim?.ttlMs ?? 1)),
+      );
+    }
+    const written = await this.account(keys.length, ...keys, ...args);
+    return written.map((w) => w === 1);
   }
 
   /** Records since `since` (epoch ms), oldest first, optionally filtered. */

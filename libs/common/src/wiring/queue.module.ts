@@ -4,6 +4,7 @@ import Redis, { type RedisOptions } from 'ioredis';
 import { AppConfig } from '../config/app-config';
 import type { CompletionJobData, CompletionJobResult } from '../contracts/completion-job';
 import { modelQueueName } from '../names';
+import { coalesceWrites } from '../redis/coalesce-writes';
 import { trackBullmq } from '../redis/shutdown';
 import { reconnectDelay } from '../redis/reconnect-delay';
 import { parseRedisUrl } from '../redis/redis-url';
@@ -44,7 +45,8 @@ export class ModelQueues implements OnApplicationShutdown {
     private readonly config: AppConfig,
     readonly role: QueueRole,
   ) {
-    this.connection = new Redis(queueConnectionOptions(config, role));
+    // BullMQ's scripts for many jobs leave in one write per turn (coalesce-writes.ts).
+    this.connection = coalesceWrites(new Redis(queueConnectionOptions(config, role)));
     // BullMQ attaches its own listeners to the shared connection; one per queue is expected.
     this.connection.setMaxListeners(0);
     for (const model of config.router.models) {
