@@ -15,7 +15,14 @@ import {
   type Target,
 } from './load';
 import { formatRelayResult, type RelayBenchResult, runRelayTransportBench, table } from './relay-transport';
-import { type Cleanup, intEnv, runBench } from './harness';
+import { Cleanup, intEnv, runBench } from './harness';
+import {
+  formatOpenStreams,
+  OPEN_STREAMS,
+  OPEN_STREAMS_BUDGET_MS,
+  type OpenStreamsResult,
+  runOpenStreams,
+} from './open-streams';
 
 /**
  * `npm run bench`: the cost of the gateway on the request path. The same client and the same
@@ -32,8 +39,11 @@ const RELAY_MESSAGES = intEnv('BENCH_RELAY_MESSAGES', 50_000, 1_000, 200_000);
 const CHAT = intEnv('BENCH_CHAT', 1, 0, 1) === 1;
 /** What the chat scenario adds to the run: its 4 phases and warm-ups, plus slack. */
 const CHAT_BUDGET_MS = CHAT ? 4 * DURATION_MS + 3 * WARMUP_MS + 10_000 : 0;
-/** Hard stop for everything, cleanup included (Stack.stop itself may take up to 10 s). */
-const WATCHDOG_MS = 110_000 + CHAT_BUDGET_MS;
+/**
+ * Hard stop for everything, cleanup included (Stack.stop itself may take up to 10 s); the
+ * open-streams scenario brings its own budget.
+ */
+const WATCHDOG_MS = 110_000 + CHAT_BUDGET_MS + OPEN_STREAMS_BUDGET_MS;
 
 const NON_STREAM_PROMPT = 'measure the gateway overhead with a short prompt';
 /** 19 words: the fake upstream answers " echo:" + one token per word = 20 tokens. */
@@ -259,8 +269,12 @@ const nonStreamJson = (r: NonStreamResult) => ({ ...r, failures: failureJson(r.f
 const streamJson = (r: StreamResult) => ({ ...r, failures: failureJson(r.failures) });
 
 async function main(cleanup: Cleanup): Promise<void> {
+  // The completion and chat scenarios' stack and upstream are cleaned up before the relay
+  // test and the open-streams scenario; `cleanup` still runs them on a crash or the watchdog.
+  const first = new Cleanup();
+  cleanup.add('completion scenarios', () => first.run());
   const upstream: FakeUpstream = await startFakeUpstream({ record: false });
-  cleanup.add('fake upstream', () => upstream.close());
+  first.add('fake upstream', () => upstream.close());
 
   const routerConfig = writeRouterConfig(`
 model_list:
@@ -271,10 +285,10 @@ model_list:
       # The fake upstream's pacing knob is an extension: only allowed fields go upstream.
       extra_body_allowed: [fake_itl_ms]
 `);
-  cleanup.add('router config', () => rmSync(dirname(routerConfig), { recursive: true, force: true }));
+  first.add('router config', () => rmSync(dirname(routerConfig), { recursive: true, force: true }));
 
   const stack = await startStack(routerConfig);
-  cleanup.add('stack', () => stack.stop());
+  first.add('stack', () => stack.stop());
   // Any concurrency the bench is asked for: the token's own limit must not be what is measured.
   const key = await stack.createKey({ name: 'bench', max_parallel_requests: 100_000 });
   const gatewayPid = stack.gateway.child.pid;
@@ -288,7 +302,7 @@ model_list:
 
   const directPool = createPool(`http://127.0.0.1:${upstream.port}`, CONCURRENCY);
   const gatewayPool = createPool(stack.baseUrl, CONCURRENCY);
-  cleanup.add('http pools', () => Promise.allSettled([directPool.close(), gatewayPool.close()]));
+  first.add('http pools', () => Promise.allSettled([directPool.close(), gatewayPool.close()]));
 
   // Identical bodies except the model name: the worker rewrites `bench` to `fake-model`.
   const targets = (extra: Record<string, unknown>, path = '/v1/completions', op: Operation = 'completion') => {
@@ -353,7 +367,7 @@ model_list:
     .join('\n')
     .trim();
   // Stop the stack before the relay micro-benchmark so idle processes do not share its CPU.
-  await cleanup.run();
+  await first.run();
 
   let relay: RelayBenchResult | undefined;
   let relayError: string | undefined;
@@ -373,6 +387,20 @@ model_list:
     if (lines.length > 0) {
       console.log(`\n${name} warnings/errors (${lines.length}, last ${Math.min(20, lines.length)}):`);
       console.log(lines.slice(-20).join('\n'));
+    }
+  }
+
+  // Last, on a stack of its own: the scenario needs limits far above the others' and its
+  // 5 000 sockets per process must not be open while they measure.
+  let openStreams: OpenStreamsResult | undefined;
+  let openStreamsError: Error | undefined;
+  if (OPEN_STREAMS > 0) {
+    try {
+      openStreams = await runOpenStreams(cleanup);
+      console.log(formatOpenStreams(openStreams));
+    } catch (err) {
+      openStreamsError = err instanceof Error ? err : new Error(String(err));
+      console.log(`\nopen streams scenario crashed: ${openStreamsError.message}`);
     }
   }
   console.log(
@@ -398,8 +426,13 @@ model_list:
         },
       }),
       relayTransport: relay ?? { error: relayError },
+      ...(OPEN_STREAMS > 0 && { openStreams: openStreams ?? { error: openStreamsError?.message } }),
     }),
   );
+  // A FAIL against the targets is a measurement (exit 0); a crash of the scenario is not.
+  if (openStreamsError !== undefined) {
+    throw openStreamsError;
+  }
 }
 
 runBench('bench', WATCHDOG_MS, main);

@@ -86,6 +86,8 @@ export interface FakeUpstreamOptions {
   port?: number;
   /** Keep every request for inspection (default true); benchmarks turn it off. */
   record?: boolean;
+  /** Listen backlog (Node's default 511 overflows when thousands of streams connect at once). */
+  backlog?: number;
 }
 
 const SSE_HEADERS = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' };
@@ -123,7 +125,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
+    server.listen({ port: opts.port ?? 0, host: '127.0.0.1', backlog: opts.backlog }, () => resolve());
   });
   const { port } = server.address() as AddressInfo;
   return {
