@@ -7,11 +7,16 @@ const REFRESH_MS = 500;
  * Admission by queue depth (all models' waiting requests together) and each model's own
  * waiting count, for the Retry-After of a queue timeout. The counts are refreshed twice a
  * second in the background instead of per request, so the check costs nothing on the hot
- * path and may overshoot the limit by at most half a second of arrivals.
+ * path and may overshoot the limit by at most half a second of arrivals. An idle gateway
+ * (nothing admitted since the last refresh, nothing seen waiting) skips the refresh: it
+ * would cost Redis one script per model twice a second forever, and the first request
+ * after the pause brings the counts back within one period.
  */
 @Injectable()
 export class QueueDepthService implements OnModuleInit, OnApplicationShutdown {
   private waiting = 0;
+  /** Whether a request was checked since the last refresh. */
+  private busy = true;
   private readonly byModel = new Map<string, number>();
   private timer?: NodeJS.Timeout;
 
@@ -31,6 +36,10 @@ export class QueueDepthService implements OnModuleInit, OnApplicationShutdown {
   }
 
   private async refresh(): Promise<void> {
+    if (!this.busy && this.waiting === 0) {
+      return;
+    }
+    this.busy = false;
     try {
       const counts = await Promise.all(
         [...this.queues.entries()].map(
@@ -53,6 +62,7 @@ export class QueueDepthService implements OnModuleInit, OnApplicationShutdown {
   }
 
   admit(): void {
+    this.busy = true;
     if (this.waiting >= this.config.env.AQUEDUCT_MAX_QUEUE_DEPTH) {
       throw ApiError.server(
         503,

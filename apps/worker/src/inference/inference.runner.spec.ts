@@ -181,6 +181,28 @@ describe('InferenceRunner', () => {
     expect(await runner.run(job('early', 'up', { prompt: 'x' }))).toEqual({ outcome: 'cancelled' });
   });
 
+  // A fresh job starts its call while the claim is in flight; losing the claim stops it.
+  it('stops a fresh job at once when its gateway had withdrawn it: only `start` relayed, no usage record', async () => {
+    await publisher.set(redisNames(prefix).claim('gone', 0), 'gateway', 'PX', 60_000);
+    const started = Date.now();
+    const run = runner.run(job('gone', 'up', { prompt: 'x', fake_ttft_ms: 3_000 }));
+    expect(await run).toEqual({ outcome: 'cancelled' });
+    // Whether or not the call had gone out before the claim's answer, it ended long before its first token.
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect((await messages('gone')).map((m) => m.t)).toEqual(['start']);
+    const log = await publisher.xrange(usageLog, '-', '+');
+    expect(log.some(([, f]) => (f[1] ?? '').includes('"gone"'))).toBe(false);
+  });
+
+  it('claims a job near its queue deadline before calling the upstream: a withdrawn one never reaches it', async () => {
+    await publisher.set(redisNames(prefix).claim('timed-out', 0), 'gateway', 'PX', 60_000);
+    const before = upstream.requests.length;
+    const nearDeadline = { ...job('timed-out', 'up', { prompt: 'x' }, false), queueDeadline: Date.now() + 300 };
+    expect(await runner.run(nearDeadline)).toEqual({ outcome: 'cancelled' });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(upstream.requests.length).toBe(before);
+  });
+
   it('reports 504 when the deadline passes', async () => {
     const expired = { ...job('late', 'slow', { prompt: 'x' }), deadline: Date.now() + 200 };
     const result = await runner.run(expired);
