@@ -9,16 +9,16 @@ import {
   whenReady,
 } from '@app/common';
 import { Command } from 'commander';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { registerTokenCommands } from './token-commands';
 import { registerUsageCommand } from './usage-command';
 
 /** The operator CLI (`npx aqueduct …`): talks to the same Redis as the gateway. */
 async function main(argv: string[]): Promise<void> {
-  let redis: Redis | undefined;
+  let redis: RedisClient | undefined;
   const env = () => loadEnv();
-  const connect = async (): Promise<Redis> => {
-    redis = createRedis(env().REDIS_URL, 'command', 'aqueduct-cli');
+  const connect = async (): Promise<RedisClient> => {
+    redis = createRedis(env(), 'command', 'aqueduct-cli');
     // The command connection has no offline queue: wait (briefly) for it before the first command.
     await whenReady(redis, 5_000);
     if (redis.status !== 'ready') {

@@ -14,7 +14,7 @@ import {
   RelayLostError,
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { BackendError } from '../backends/backend.error';
 import { BackendRegistry } from '../backends/backend.registry';
 import type { BackendRequest } from '../backends/llm-backend';
@@ -59,7 +59,7 @@ export class InferenceRunner {
     private readonly picker: DeploymentPicker,
     private readonly watchdog: JobWatchdog,
     private readonly outbox: RelayOutbox,
-    @InjectPublisher() private readonly redis: Redis,
+    @InjectPublisher() private readonly redis: RedisClient,
   ) {
     this.fairShare = new FairShare(redis, config.names);
   }

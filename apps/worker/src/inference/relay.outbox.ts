@@ -1,6 +1,6 @@
 import { RELAY_PART_MAX_BYTES } from '@app/common';
 import { Injectable } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectPublisher } from '../tokens';
 
 /** Where a job's relay messages go: Redis itself, or the outbox that batches them. */
@@ -33,7 +33,7 @@ export class RelayOutbox implements RelaySink {
   private readonly open = new Map<string, Batch>();
   private scheduled = false;
 
-  constructor(@InjectPublisher() private readonly redis: Redis) {}
+  constructor(@InjectPublisher() private readonly redis: RedisClient) {}
 
   publish(channel: string, raw: string): Promise<number> {
     let batch = this.open.get(channel);

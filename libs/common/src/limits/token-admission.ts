@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { RedisClient } from '../redis/redis-factory';
 import type { RedisNames } from '../names';
 import type { TokenRecord } from '../tokens/token-record';
 import { ADMISSION_LUA } from './admission.lua';
@@ -81,7 +81,7 @@ export class TokenAdmission {
   private readonly admit: AdmitCommand;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
   ) {
     redis.defineCommand('aqueductAdmit', { numberOfKeys: 3, lua: ADMISSION_LUA });

@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { RedisClient } from '../redis/redis-factory';
 import type { RedisNames } from '../names';
 import type { RefusalCount, UsageRecord, UsageSummary, UsageTotals } from './usage-record';
 
@@ -79,7 +79,7 @@ export class UsageStore {
   private readonly account: AccountCommand;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
     private readonly retentionMs: number,
   ) {
