@@ -26,7 +26,7 @@ async function main(argv: string[]): Promise<void> {
     }
     return redis;
   };
-  const names = () => redisNames(env().AQUEDUCT_REDIS_PREFIX);
+  const names = () => redisNames(env().AQUEDUCT_REDIS_PREFIX, env().AQUEDUCT_REDIS_CLUSTER);
   const print = (line: string) => process.stdout.write(`${line}\n`);
   const program = new Command('aqueduct').description('Aqueduct operator CLI').showHelpAfterError();
   registerTokenCommands(program, async () => new TokenStore(await connect(), names()), print);
