@@ -10,7 +10,7 @@ export function hashSlot(key: string): number {
   return calculateSlot(key);
 }
 
-/** The distinct slots of some keys ('' = a key a script declares but does not use, skipped). */
+/** The distinct slots of some keys. */
 export function slotsOf(keys: readonly string[]): Set<number> {
-  return new Set(keys.filter((k) => k !== '').map(hashSlot));
+  return new Set(keys.map(hashSlot));
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
-import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage } from '@app/common';
+import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage, subscribeInbox } from '@app/common';
 import {
   type BeforeApplicationShutdown,
   Injectable,
@@ -67,8 +67,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   onModuleInit(): void {
     const sub = createRedis(this.config.env, 'subscriber', `${this.gatewayId}:inbox`);
     this.subscriber = sub;
-    sub.on('message', (_channel: string, raw: string) => this.dispatch(raw));
-    sub.subscribe(this.inbox).then(
+    subscribeInbox(sub, this.inbox, (raw) => this.dispatch(raw)).then(
       () => (this.subscribed = true),
       () => undefined, // closed before Redis ever answered: shutting down
     );

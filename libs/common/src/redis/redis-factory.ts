@@ -1,5 +1,6 @@
 import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
 import type { Env } from '../config/env';
+import { ACCOUNT_COMMAND } from '../usage/usage-store';
 import { coalesceWrites } from './coalesce-writes';
 import { ConnectionStateLog } from './connection-state-log';
 import { reconnectDelay } from './reconnect-delay';
@@ -9,6 +10,7 @@ import { endRedis, redisUsable, trackConnection } from './shutdown';
 // libs/common/src/index.ts exports this file: the rest of the redis module's public surface.
 export * from './coalesce-writes';
 export * from './connection-state-log';
+export * from './inbox-transport';
 export * from './shutdown';
 
 /**
@@ -66,9 +68,15 @@ export function clusterOptions(seedList: string, role: RedisRole, name?: string)
   const { enableOfflineQueue, enableAutoPipelining, maxRetriesPerRequest } = ROLE_OPTIONS[role];
   return {
     ...(enableOfflineQueue !== undefined && { enableOfflineQueue }),
-    ...(enableAutoPipelining !== undefined && { enableAutoPipelining }),
+    ...(enableAutoPipelining !== undefined && {
+      enableAutoPipelining,
+      autoPipeliningIgnoredCommands: [ACCOUNT_COMMAND],
+    }),
     enableReadyCheck: true,
     scaleReads: 'master',
+    // A subscriber's channels are sharded (see inbox-transport.ts): one subscriber connection
+    // per shard, moved with its slots.
+    ...(role === 'subscriber' && { shardedSubscribers: true }),
     clusterRetryStrategy: reconnectDelay,
     redisOptions: {
       ...clusterNodeAuth(parseRedisSeeds(seedList)),

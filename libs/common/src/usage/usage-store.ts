@@ -19,9 +19,11 @@ function add(t: UsageTotals, r: UsageRecord): void {
  * run each): first the trim of records past retention, then per record its claim, the
  * record into the log stream, the all-time counters of its token and model, and, when
  * asked, its tokens into the token's rate-limit window.
- * KEYS, 5 per record: log, token counters, model counters, limiter ('' = none), usage
- * claim ('' = none). ARGV: minid, then 7 per record: record JSON, prompt tokens,
- * completion tokens, error (0/1), second, claim owner, claim TTL ms.
+ * KEYS, 5 per record: log, token counters, model counters, limiter, usage claim. ARGV:
+ * minid, then 7 per record: record JSON, prompt tokens, completion tokens, error (0/1),
+ * second ('' = not counted in the limiter), claim owner ('' = no claim), claim TTL ms.
+ * Keys not used are still named, with their real names: on a cluster every key of a call
+ * must be in the call's slot (a placeholder such as '' hashes to slot 0).
  * Returns one 0/1 per record: 0, nothing written, when its claim was already taken.
  * All records of one call share one log (KEYS[1], the one trimmed): the deployment's with one
  * Redis, their token's on a cluster, where a call holds one token's records (accountCalls).
@@ -35,7 +37,7 @@ local written = {}
 for j = 0, #KEYS / 5 - 1 do
   local k = j * 5
   local a = 1 + j * 7
-  if KEYS[k + 5] ~= '' and not redis.call('SET', KEYS[k + 5], ARGV[a + 6], 'PX', ARGV[a + 7], 'NX') then
+  if ARGV[a + 6] ~= '' and not redis.call('SET', KEYS[k + 5], ARGV[a + 6], 'PX', ARGV[a + 7], 'NX') then
     written[j + 1] = 0
   else
     redis.call('XADD', KEYS[k + 1], '*', 'd', ARGV[a + 1])
@@ -45,7 +47,7 @@ for j = 0, #KEYS / 5 - 1 do
       redis.call('HINCRBY', KEYS[c], 'completion_tokens', ARGV[a + 3])
       redis.call('HINCRBY', KEYS[c], 'errors', ARGV[a + 4])
     end
-    if KEYS[k + 4] ~= '' then
+    if ARGV[a + 5] ~= '' then
       redis.call('HINCRBY', KEYS[k + 4], 'i:' .. ARGV[a + 5], ARGV[a + 2])
       redis.call('HINCRBY', KEYS[k + 4], 'o:' .. ARGV[a + 5], ARGV[a + 3])
       redis.call('PEXPIRE', KEYS[k + 4], 61000)
@@ -55,6 +57,15 @@ for j = 0, #KEYS / 5 - 1 do
 end
 return written
 `;
+
+/**
+ * The name ACCOUNT_LUA is defined under. Its number of keys varies per call, so its first
+ * argument is that number, which ioredis' cluster auto-pipelining takes for the first key: it
+ * would group calls of different tokens into one pipeline for the wrong node (refused: "All
+ * keys in the pipeline should belong to the same slots allocation group"). Cluster clients
+ * leave it out of auto-pipelining (see clusterOptions).
+ */
+export const ACCOUNT_COMMAND = 'aqueductAccount';
 
 /** Who takes a request's usage claim ({@link RedisNames.usageClaim}), and for how long it is kept. */
 export interface UsageClaim {
@@ -102,19 +113,13 @@ export function accountCalls(
       calls.set(group, call);
     }
     const usage = names.tokenUsage(r.token_id);
-    call.keys.push(
-      usage.log,
-      usage.totals,
-      usage.model(r.model),
-      countTowardsLimits ? names.limiter(r.token_id) : '',
-      claim === undefined ? '' : usage.claim(r.rid),
-    );
+    call.keys.push(usage.log, usage.totals, usage.model(r.model), names.limiter(r.token_id), usage.claim(r.rid));
     call.args.push(
       JSON.stringify(r),
       r.prompt_tokens,
       r.completion_tokens,
       r.status >= 400 ? 1 : 0,
-      Math.floor(now / 1000),
+      countTowardsLimits ? Math.floor(now / 1000) : '',
       claim?.owner ?? '',
       Math.max(1, Math.round(claim?.ttlMs ?? 1)),
     );
@@ -140,8 +145,8 @@ export class UsageStore {
     private readonly retentionMs: number,
   ) {
     // numberOfKeys left out: a call names its own (5 per record).
-    redis.defineCommand('aqueductAccount', { lua: ACCOUNT_LUA });
-    this.account = (redis as unknown as { aqueductAccount: AccountCommand }).aqueductAccount.bind(redis);
+    redis.defineCommand(ACCOUNT_COMMAND, { lua: ACCOUNT_LUA });
+    this.account = (redis as unknown as Record<typeof ACCOUNT_COMMAND, AccountCommand>)[ACCOUNT_COMMAND].bind(redis);
   }
 
   /**
