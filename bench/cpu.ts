@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 
 /** Clock ticks per second for /proc/<pid>/stat; 100 on virtually every Linux, asked anyway. */
 const CLK_TCK = (() => {
@@ -27,7 +27,7 @@ export function processCpuMs(pid: number): number {
 }
 
 /** Redis server CPU (main process, user + system) so far, in ms, from `INFO cpu`. */
-export async function redisCpuMs(redis: Redis): Promise<number> {
+export async function redisCpuMs(redis: RedisClient): Promise<number> {
   const info = await redis.info('cpu');
   const field = (name: string) => Number(new RegExp(`^${name}:([0-9.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
   return (field('used_cpu_sys') + field('used_cpu_user')) * 1000;
@@ -41,7 +41,7 @@ export interface CpuSnapshot {
 export class CpuMeter {
   constructor(
     private readonly pids: Record<string, number>,
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
   ) {}
 
   async sample(): Promise<CpuSnapshot> {

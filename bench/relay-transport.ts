@@ -120,8 +120,8 @@ async function ioredisTransport(channel: string, onMessage: () => void): Promise
 
 async function nestTransport(channel: string, onMessage: () => void): Promise<Transport> {
   // Built exactly as the gateway and workers build their control plane.
-  const server = createControlServer(REDIS_URL);
-  const client = createControlClient(REDIS_URL);
+  const server = createControlServer({ REDIS_URL, AQUEDUCT_REDIS_CLUSTER: false });
+  const client = createControlClient({ REDIS_URL, AQUEDUCT_REDIS_CLUSTER: false });
   server.addHandler(
     channel,
     (msg: ChunkMessage) => {

@@ -4,8 +4,8 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import Redis from 'ioredis';
-import { redisNames, TokenStore, type TokenCreateOptions } from '../../libs/common/src';
+import Redis, { Cluster } from 'ioredis';
+import { type RedisClient, redisNames, TokenStore, type TokenCreateOptions } from '../../libs/common/src';
 
 /** The repository root, whether this file runs from test/support or compiled under dist/. */
 function findRoot(dir: string): string {
@@ -79,13 +79,15 @@ export interface StackOptions {
   workerEnv?: Record<string, string>;
   /** The Redis of the processes and of the stack's own client (default REDIS_URL), e.g. a PrivateRedis. */
   redisUrl?: string;
+  /** `redisUrl` is the seed list of a Redis Cluster (test/support/redis-cluster.ts): AQUEDUCT_REDIS_CLUSTER=true. */
+  cluster?: boolean;
 }
 
 /** A real gateway and real workers as child processes, on a private key prefix. */
 export class Stack {
   readonly prefix: string;
   readonly port: number;
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   readonly tokens: TokenStore;
   gateway!: ProcessHandle;
   readonly workers: ProcessHandle[] = [];
@@ -101,12 +103,19 @@ export class Stack {
     this.prefix = prefix;
     this.port = port;
     const redisUrl = opts.redisUrl ?? REDIS_URL;
-    this.redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+    const cluster = opts.cluster === true;
+    this.redis = cluster
+      ? new Cluster(
+          redisUrl.split(',').map((u) => ({ host: new URL(u).hostname, port: Number(new URL(u).port) })),
+          { scaleReads: 'master', redisOptions: { maxRetriesPerRequest: 1 } },
+        )
+      : new Redis(redisUrl, { maxRetriesPerRequest: 1 });
     // A private Redis may be down on purpose: its client's errors are expected, not news.
     this.redis.on('error', () => undefined);
-    this.tokens = new TokenStore(this.redis, redisNames(prefix));
+    this.tokens = new TokenStore(this.redis, redisNames(prefix, cluster));
     this.env = {
       REDIS_URL: redisUrl,
+      ...(cluster && { AQUEDUCT_REDIS_CLUSTER: 'true' }),
       AQUEDUCT_REDIS_PREFIX: prefix,
       PORT: String(port),
       HOST: '127.0.0.1',
@@ -208,13 +217,23 @@ async function waitFor(baseUrl: string, gateway: ProcessHandle, timeoutMs: numbe
   throw new Error(`gateway not ready: ${last}\n--- gateway ---\n${gateway.output()}`);
 }
 
-export async function deleteByPrefix(redis: Redis, prefix: string): Promise<void> {
+/** Deletes a test's keys (on a cluster, on every master: SCAN sees one node's keys only). */
+export async function deleteByPrefix(redis: RedisClient, prefix: string, clusterNode = false): Promise<void> {
+  if (redis instanceof Cluster) {
+    await Promise.all(redis.nodes('master').map((node) => deleteByPrefix(node, prefix, true)));
+    return;
+  }
   let cursor = '0';
   do {
     const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
     cursor = next;
-    if (keys.length > 0) {
+    if (keys.length > 0 && !clusterNode) {
       await redis.del(...keys);
+    } else if (keys.length > 0) {
+      // A cluster node refuses a DEL of keys in several slots (CROSSSLOT): one key each.
+      const p = redis.pipeline();
+      keys.forEach((k) => p.del(k));
+      await p.exec();
     }
   } while (cursor !== '0');
 }

@@ -9,16 +9,16 @@ import {
   whenReady,
 } from '@app/common';
 import { Command } from 'commander';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { registerTokenCommands } from './token-commands';
 import { registerUsageCommand } from './usage-command';
 
 /** The operator CLI (`npx aqueduct …`): talks to the same Redis as the gateway. */
 async function main(argv: string[]): Promise<void> {
-  let redis: Redis | undefined;
+  let redis: RedisClient | undefined;
   const env = () => loadEnv();
-  const connect = async (): Promise<Redis> => {
-    redis = createRedis(env().REDIS_URL, 'command', 'aqueduct-cli');
+  const connect = async (): Promise<RedisClient> => {
+    redis = createRedis(env(), 'command', 'aqueduct-cli');
     // The command connection has no offline queue: wait (briefly) for it before the first command.
     await whenReady(redis, 5_000);
     if (redis.status !== 'ready') {
@@ -26,7 +26,7 @@ async function main(argv: string[]): Promise<void> {
     }
     return redis;
   };
-  const names = () => redisNames(env().AQUEDUCT_REDIS_PREFIX);
+  const names = () => redisNames(env().AQUEDUCT_REDIS_PREFIX, env().AQUEDUCT_REDIS_CLUSTER);
   const print = (line: string) => process.stdout.write(`${line}\n`);
   const program = new Command('aqueduct').description('Aqueduct operator CLI').showHelpAfterError();
   registerTokenCommands(program, async () => new TokenStore(await connect(), names()), print);

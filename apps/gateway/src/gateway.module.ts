@@ -12,7 +12,7 @@ import {
 import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import { PassportModule } from '@nestjs/passport';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { AdminController } from './admin/admin.controller';
 import { AdminGuard } from './admin/admin.guard';
 import { BearerAuthGuard } from './auth/bearer-auth.guard';
@@ -50,12 +50,12 @@ import { WorkerRegistryService } from './workers/worker-registry.service';
     {
       provide: REDIS_COMMAND,
       inject: [AppConfig],
-      useFactory: (config: AppConfig) => createRedis(config.env.REDIS_URL, 'command', 'gateway'),
+      useFactory: (config: AppConfig) => createRedis(config.env, 'command', 'gateway'),
     },
     {
       provide: TokenStore,
       inject: [REDIS_COMMAND, AppConfig],
-      useFactory: (redis: Redis, config: AppConfig) => new TokenStore(redis, config.names),
+      useFactory: (redis: RedisClient, config: AppConfig) => new TokenStore(redis, config.names),
     },
     TokenAuthService,
     BearerStrategy,
@@ -84,7 +84,7 @@ export class GatewayModule implements OnApplicationShutdown {
     return { module: GatewayModule, imports: [ConfigModule.forRoot(config, logger)] };
   }
 
-  constructor(@Inject(REDIS_COMMAND) private readonly redis: Redis) {}
+  constructor(@Inject(REDIS_COMMAND) private readonly redis: RedisClient) {}
 
   async onApplicationShutdown(): Promise<void> {
     await closeRedis(this.redis);

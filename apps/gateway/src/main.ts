@@ -12,7 +12,7 @@ import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import type { ServerRedis } from '@nestjs/microservices';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { authenticateFirst } from './auth/authenticate-first';
 import { GatewayModule } from './gateway.module';
 import { GatewayDrain } from './health/gateway-drain';
@@ -63,7 +63,7 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   await app.startAllMicroservices();
   await app.listen(config.env.PORT, config.env.HOST);
   new Logger('Gateway').log(`listening on http://${config.env.HOST}:${config.env.PORT}`);
-  announceRedisWait(app.get<Redis>(REDIS_COMMAND), config.env.REDIS_URL, 'gateway');
+  announceRedisWait(app.get<RedisClient>(REDIS_COMMAND), config.env.REDIS_URL, 'gateway');
 }
 
 // The gateway calls no upstream: os.environ/NAME api keys are neither read nor kept.

@@ -3,7 +3,7 @@ import { announceRedisWait, AppConfig, AppLogger, armShutdownDeadline, runProces
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { ServerRedis } from '@nestjs/microservices';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { REDIS_PUBLISHER } from './tokens';
 import { WorkerIdentity } from './worker-identity';
 import { WorkerModule } from './worker.module';
@@ -27,7 +27,7 @@ async function bootstrap(config: AppConfig, logger: AppLogger): Promise<void> {
   await app.init();
   await app.startAllMicroservices();
   new Logger('Worker').log(`worker ${app.get(WorkerIdentity).id} is taking jobs`);
-  announceRedisWait(app.get<Redis>(REDIS_PUBLISHER), config.env.REDIS_URL, 'worker');
+  announceRedisWait(app.get<RedisClient>(REDIS_PUBLISHER), config.env.REDIS_URL, 'worker');
 }
 
 // Workers call the upstreams: a missing os.environ/NAME stops them here, naming it.

@@ -9,7 +9,7 @@ import {
   QueueModule,
 } from '@app/common';
 import { type DynamicModule, Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { BackendRegistry } from './backends/backend.registry';
 import { CancellationRegistry } from './control/cancellation.registry';
 import { HeartbeatService } from './control/heartbeat.service';
@@ -35,8 +35,7 @@ import { WorkerIdentity } from './worker-identity';
     {
       provide: REDIS_PUBLISHER,
       inject: [AppConfig, WorkerIdentity],
-      useFactory: (config: AppConfig, id: WorkerIdentity) =>
-        createRedis(config.env.REDIS_URL, 'command', `${id.id}:pub`),
+      useFactory: (config: AppConfig, id: WorkerIdentity) => createRedis(config.env, 'command', `${id.id}:pub`),
     },
     {
       // Every backend call that fails counts as an upstream error of its deployment.
@@ -61,7 +60,7 @@ export class WorkerModule implements OnApplicationShutdown {
     return { module: WorkerModule, imports: [ConfigModule.forRoot(config, logger)] };
   }
 
-  constructor(@Inject(REDIS_PUBLISHER) private readonly redis: Redis) {}
+  constructor(@Inject(REDIS_PUBLISHER) private readonly redis: RedisClient) {}
 
   async onApplicationShutdown(): Promise<void> {
     await closeRedis(this.redis);

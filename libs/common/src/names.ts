@@ -13,9 +13,47 @@ export function modelQueueName(model: string): string {
   return `inference-{${encodeURIComponent(model)}}`;
 }
 
-export function redisNames(prefix: string) {
+/**
+ * The keys of one token's usage: its records, its all-time counters, its share of a model's
+ * counters and its requests' usage claims. The accounting script (usage-store.ts) writes
+ * them together with the token's rate-limit window in one call, so on a cluster they all
+ * carry the token's hash tag, as the limiter does.
+ */
+export interface TokenUsageKeys {
+  log: string;
+  totals: string;
+  model: (model: string) => string;
+  claim: (rid: string) => string;
+}
+
+/**
+ * @param cluster the key layout of a Redis Cluster (AQUEDUCT_REDIS_CLUSTER): the same keys,
+ *   except those that a script or MULTI writes together with keys of another name, which
+ *   then share a hash tag (`{...}`) so that each call stays in one slot. One Redis keeps the
+ *   layout it always had, so that an existing deployment's data stays where it is.
+ */
+export function redisNames(prefix: string, cluster = false) {
+  const tokenUsage = (tokenId: string): TokenUsageKeys =>
+    cluster
+      ? {
+          // Per token, not one log for all: one stream on one slot would take every
+          // record of the deployment to one shard, and every accounting call would have
+          // to touch it together with the token's limiter, in another slot.
+          log: `${prefix}:usage:{${tokenId}}:log`,
+          totals: `${prefix}:usage:{${tokenId}}:totals`,
+          model: (model) => `${prefix}:usage:{${tokenId}}:model:${model}`,
+          claim: (rid) => `${prefix}:usage:{${tokenId}}:claim:${rid}`,
+        }
+      : {
+          log: `${prefix}:usage:log`,
+          totals: `${prefix}:usage:token:${tokenId}`,
+          model: (model) => `${prefix}:usage:model:${model}`,
+          claim: (rid) => `${prefix}:usage:claim:${rid}`,
+        };
   return {
     prefix,
+    /** Which layout these names are (see the `cluster` parameter). */
+    cluster,
     /** BullMQ's own key prefix; a model's queue is `<prefix>:bull:<modelQueueName>:*`. */
     bullPrefix: `${prefix}:bull`,
     /**
@@ -23,10 +61,13 @@ export function redisNames(prefix: string) {
      * the worker process running it: its existence proves that process alive.
      */
     jobLock: (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}:lock`,
-    /** HASH sha256(key) → token record JSON: auth is one HGET. */
-    tokensByHash: `${prefix}:tokens:by-hash`,
+    /**
+     * HASH sha256(key) → token record JSON: auth is one HGET. On a cluster it shares a hash tag
+     * with {@link tokensById}: a token is created in one MULTI on both.
+     */
+    tokensByHash: cluster ? `${prefix}:{tokens}:by-hash` : `${prefix}:tokens:by-hash`,
     /** HASH token id → sha256(key), for listing and revocation by id. */
-    tokensById: `${prefix}:tokens:by-id`,
+    tokensById: cluster ? `${prefix}:{tokens}:by-id` : `${prefix}:tokens:by-id`,
     /** Pub/sub inbox of one gateway instance: every chunk for its requests arrives here. */
     gatewayInbox: (gatewayId: string) => `${prefix}:relay:${gatewayId}`,
     /** HASH of one-second buckets: the token's sliding 60-second rate-limit window. */
@@ -50,10 +91,21 @@ export function redisNames(prefix: string) {
     fairShare: (model: string) => `${prefix}:sched:{${encodeURIComponent(model)}}`,
     /** ZSET of in-flight leases of one deployment (max_parallel_requests across workers). */
     deploymentSlots: (deploymentId: string) => `${prefix}:slots:${deploymentId}`,
-    /** Stream of usage records (one per request), trimmed by age. */
+    /**
+     * A token's usage keys ({@link TokenUsageKeys}): with one Redis, the stream of every usage
+     * record (one per request, trimmed by age), the HASHes of all-time counters per token and
+     * per model, and the usage claims; on a cluster, the same per token, in the token's slot.
+     */
+    tokenUsage,
+    /**
+     * SET of the token ids that have usage keys (cluster layout only): a query for all tokens
+     * reads their logs, and a model's all-time counters are the sum of its tokens' shares.
+     */
+    usageTokens: `${prefix}:usage:tokens`,
+    /** One Redis: the stream of every usage record, trimmed by age (= `tokenUsage(any).log`). */
     usageLog: `${prefix}:usage:log`,
-    /** HASH of all-time counters per token / per model. */
-    usageByToken: (tokenId: string) => `${prefix}:usage:token:${tokenId}`,
+    /** One Redis: HASHes of all-time counters per token / per model. */
+    usageByToken: (tokenId: string) => tokenUsage(tokenId).totals,
     usageByModel: (model: string) => `${prefix}:usage:model:${model}`,
     /** Flag that a request was cancelled; the fallback when the control message is lost. */
     cancelFlag: (rid: string) => `${prefix}:cancel:${rid}`,
@@ -70,7 +122,7 @@ export function redisNames(prefix: string) {
      * and finishes later finds it taken and writes nothing: one record per request, also
      * across attempts.
      */
-    usageClaim: (rid: string) => `${prefix}:usage:claim:${rid}`,
+    usageClaim: (rid: string, tokenId: string) => tokenUsage(tokenId).claim(rid),
     /** ZSET worker id → epoch ms of its last heartbeat; lets a fresh gateway see live workers. */
     workers: `${prefix}:workers`,
     /** Control-plane patterns carried by the @nestjs/microservices Redis transport. */

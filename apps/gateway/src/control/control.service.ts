@@ -2,7 +2,7 @@ import { AppConfig, type CancelCommand, CONTROL_CLIENT } from '@app/common';
 import { Inject, Injectable, Logger, type OnApplicationShutdown } from '@nestjs/common';
 import type { ClientRedis } from '@nestjs/microservices';
 import { InjectRedis } from '../redis/redis.tokens';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 
 /**
  * Sends control messages to workers. A cancel is broadcast on the control channel (the
@@ -16,7 +16,7 @@ export class ControlService implements OnApplicationShutdown {
   constructor(
     private readonly config: AppConfig,
     @Inject(CONTROL_CLIENT) private readonly client: ClientRedis,
-    @InjectRedis() private readonly redis: Redis,
+    @InjectRedis() private readonly redis: RedisClient,
   ) {}
 
   cancel(command: CancelCommand): void {

@@ -1,6 +1,6 @@
 import { ApiError, ModelQueues } from '@app/common';
 import { Controller, Get, Header } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { Public } from '../auth/public.decorator';
 import { GatewayDrain } from './gateway-drain';
 import { InjectRedis } from '../redis/redis.tokens';
@@ -25,7 +25,7 @@ const REDIS_TIMEOUT_MS = 1_000;
 @Public()
 export class HealthController {
   constructor(
-    @InjectRedis() private readonly redis: Redis,
+    @InjectRedis() private readonly redis: RedisClient,
     private readonly queues: ModelQueues,
     private readonly workers: WorkerRegistryService,
     private readonly relay: RelayService,

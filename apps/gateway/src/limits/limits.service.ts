@@ -11,7 +11,7 @@ import {
   type TokenRecord,
 } from '@app/common';
 import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectRedis } from '../redis/redis.tokens';
 
 const LABELS = {
@@ -47,7 +47,7 @@ export class LimitsService implements OnModuleInit, OnApplicationShutdown {
   private timer?: NodeJS.Timeout;
 
   constructor(
-    @InjectRedis() redis: Redis,
+    @InjectRedis() redis: RedisClient,
     private readonly config: AppConfig,
     private readonly clock: Clock,
   ) {

@@ -13,7 +13,7 @@ import {
   tagIn,
   type TokenRecord,
 } from '@app/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectRedis } from '../redis/redis.tokens';
 import { Injectable, Logger } from '@nestjs/common';
 
@@ -31,7 +31,7 @@ export class JobQueueService {
 
   constructor(
     private readonly queues: ModelQueues,
-    @InjectRedis() private readonly redis: Redis,
+    @InjectRedis() private readonly redis: RedisClient,
     private readonly config: AppConfig,
   ) {
     this.fairShare = new FairShare(redis, config.names);

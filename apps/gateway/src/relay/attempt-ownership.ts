@@ -1,5 +1,5 @@
 import { completionJobId, type RedisNames } from '@app/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 
 export interface AttemptRef {
   rid: string;
@@ -18,7 +18,7 @@ export interface AttemptRef {
  */
 export class AttemptOwnership {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
   ) {}
 

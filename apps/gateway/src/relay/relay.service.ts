@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
-import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage } from '@app/common';
+import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage, subscribeInbox } from '@app/common';
 import {
   type BeforeApplicationShutdown,
   Injectable,
@@ -10,7 +10,7 @@ import {
   type OnModuleInit,
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { GatewayDrain } from '../health/gateway-drain';
 import { InjectRedis } from '../redis/redis.tokens';
 import { WorkerRegistryService } from '../workers/worker-registry.service';
@@ -39,7 +39,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   readonly inbox: string;
   private readonly logger = new Logger(RelayService.name);
   private readonly sessions = new Map<string, RelaySession>();
-  private subscriber?: Redis;
+  private subscriber?: RedisClient;
   private idleTimer?: NodeJS.Timeout;
   private readonly ownership: AttemptOwnership;
   /** One ownership check at a time: a slow Redis must not stack them up sweep after sweep. */
@@ -53,7 +53,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     private readonly workers: WorkerRegistryService,
     private readonly adapterHost: HttpAdapterHost,
     private readonly drain: GatewayDrain,
-    @InjectRedis() redis: Redis,
+    @InjectRedis() redis: RedisClient,
   ) {
     this.inbox = config.names.gatewayInbox(this.gatewayId);
     this.ownership = new AttemptOwnership(redis, config.names);
@@ -65,10 +65,9 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
    * booted without Redis listens at once; until the inbox is subscribed it admits nothing.
    */
   onModuleInit(): void {
-    const sub = createRedis(this.config.env.REDIS_URL, 'subscriber', `${this.gatewayId}:inbox`);
+    const sub = createRedis(this.config.env, 'subscriber', `${this.gatewayId}:inbox`);
     this.subscriber = sub;
-    sub.on('message', (_channel: string, raw: string) => this.dispatch(raw));
-    sub.subscribe(this.inbox).then(
+    subscribeInbox(sub, this.inbox, (raw) => this.dispatch(raw)).then(
       () => (this.subscribed = true),
       () => undefined, // closed before Redis ever answered: shutting down
     );

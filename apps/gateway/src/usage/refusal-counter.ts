@@ -1,6 +1,6 @@
 import { AppConfig } from '@app/common';
 import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectRedis } from '../redis/redis.tokens';
 
 const FLUSH_MS = 1_000;
@@ -21,7 +21,7 @@ export class RefusalCounter implements OnModuleInit, OnApplicationShutdown {
   private timer?: NodeJS.Timeout;
 
   constructor(
-    @InjectRedis() private readonly redis: Redis,
+    @InjectRedis() private readonly redis: RedisClient,
     private readonly config: AppConfig,
   ) {}
 

@@ -1,6 +1,6 @@
 import { AppConfig, claimTtlMs, Clock, UsageStore, type UsageRecord } from '@app/common';
 import { Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectRedis } from '../redis/redis.tokens';
 
 /**
@@ -22,7 +22,7 @@ export class UsageService implements OnModuleInit, OnApplicationShutdown {
   private timer?: NodeJS.Timeout;
 
   constructor(
-    @InjectRedis() redis: Redis,
+    @InjectRedis() redis: RedisClient,
     config: AppConfig,
     private readonly clock: Clock,
   ) {

@@ -1,7 +1,7 @@
 import { AppConfig, Clock, CONTROL_SERVER, whenReady, type WorkerHeartbeat } from '@app/common';
 import { Inject, Injectable, Logger, type OnApplicationShutdown, type OnModuleInit } from '@nestjs/common';
 import type { ServerRedis } from '@nestjs/microservices';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectRedis } from '../redis/redis.tokens';
 
 /** How often the boot-time seed of live workers is retried while Redis does not answer. */
@@ -22,7 +22,7 @@ export class WorkerRegistryService implements OnModuleInit, OnApplicationShutdow
     private readonly config: AppConfig,
     private readonly clock: Clock,
     @Inject(CONTROL_SERVER) private readonly server: ServerRedis,
-    @InjectRedis() private readonly redis: Redis,
+    @InjectRedis() private readonly redis: RedisClient,
   ) {}
 
   /** Does not wait for Redis: the seed runs in the background until it succeeds (or shutdown). */

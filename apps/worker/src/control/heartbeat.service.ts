@@ -1,7 +1,7 @@
 import { AppConfig, Clock, CONTROL_CLIENT, type WorkerHeartbeat } from '@app/common';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnApplicationShutdown } from '@nestjs/common';
 import type { ClientRedis } from '@nestjs/microservices';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectPublisher } from '../tokens';
 import { WorkerIdentity } from '../worker-identity';
 import { CancellationRegistry } from './cancellation.registry';
@@ -23,7 +23,7 @@ export class HeartbeatService implements OnApplicationBootstrap, OnApplicationSh
     private readonly identity: WorkerIdentity,
     private readonly jobs: CancellationRegistry,
     @Inject(CONTROL_CLIENT) private readonly client: ClientRedis,
-    @InjectPublisher() private readonly redis: Redis,
+    @InjectPublisher() private readonly redis: RedisClient,
   ) {}
 
   onApplicationBootstrap(): void {

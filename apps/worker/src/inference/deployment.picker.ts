@@ -1,6 +1,6 @@
 import { AppConfig, Clock, type Deployment, type ModelEntry } from '@app/common';
 import { Injectable } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectPublisher } from '../tokens';
 import { DeploymentSlots } from './deployment.slots';
 
@@ -13,7 +13,7 @@ export class DeploymentPicker {
   private readonly roundRobin = new Map<string, number>();
   readonly slots: DeploymentSlots;
 
-  constructor(config: AppConfig, clock: Clock, @InjectPublisher() redis: Redis) {
+  constructor(config: AppConfig, clock: Clock, @InjectPublisher() redis: RedisClient) {
     this.slots = new DeploymentSlots(redis, config.names, () => clock.now(), config.env.AQUEDUCT_SLOT_LEASE_MS);
   }
 

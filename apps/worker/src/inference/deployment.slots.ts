@@ -1,5 +1,5 @@
 import type { Deployment, RedisNames } from '@app/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 
 /**
  * `max_parallel_requests` across every worker: each deployment with a cap has a ZSET of
@@ -40,7 +40,7 @@ export class DeploymentSlots {
   private readonly renewCmd: RenewCommand;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
     private readonly now: () => number = Date.now,
     private readonly leaseMs: number = DEFAULT_SLOT_LEASE_MS,

@@ -15,7 +15,7 @@ import {
   RelayLostError,
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
-import type Redis from 'ioredis';
+import { inboxPublisher, type RedisClient } from '@app/common';
 import { BackendError } from '../backends/backend.error';
 import { BackendRegistry } from '../backends/backend.registry';
 import type { BackendRequest } from '../backends/llm-backend';
@@ -28,7 +28,7 @@ import { DeploymentPicker } from './deployment.picker';
 import { jobFailure } from './job-failure';
 import { type JobState, newJobState } from './job-state';
 import { JobWatchdog } from './job.watchdog';
-import { RelayOutbox } from './relay.outbox';
+import { RelayOutbox, type RelaySink } from './relay.outbox';
 import { RelayPublisher } from './relay.publisher';
 
 /** Jobs that waited at least this long are checked for a live gateway before they run. */
@@ -51,6 +51,8 @@ const EARLY_START_MARGIN_MS = 1_000;
 export class InferenceRunner {
   private readonly logger = new Logger(InferenceRunner.name);
   private readonly fairShare: FairShare;
+  /** Unbatched replies: one publish each, on the inbox's transport (see inbox-transport.ts). */
+  private readonly direct: RelaySink;
 
   constructor(
     private readonly config: AppConfig,
@@ -62,16 +64,17 @@ export class InferenceRunner {
     private readonly picker: DeploymentPicker,
     private readonly watchdog: JobWatchdog,
     private readonly outbox: RelayOutbox,
-    @InjectPublisher() private readonly redis: Redis,
+    @InjectPublisher() private readonly redis: RedisClient,
   ) {
     this.fairShare = new FairShare(redis, config.names);
+    this.direct = { publish: inboxPublisher(redis) };
   }
 
   /** `queueMs`: how long the job waited in its model's queue (BullMQ's processedOn − timestamp). */
   async run(data: CompletionJobData, queueMs = 0): Promise<CompletionJobResult> {
     const state = newJobState(queueMs);
     const abort = this.cancellations.register(data.rid);
-    const sink = data.replyBatched === true ? this.outbox : this.redis;
+    const sink = data.replyBatched === true ? this.outbox : this.direct;
     const out = new RelayPublisher(sink, data.replyTo, data.rid, data.att, (why) =>
       abort?.abort(new RelayLostError(why)),
     );

@@ -1,6 +1,6 @@
 import { AppConfig, CancelledError, Clock, type CompletionJobData, DeadlineError } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { InjectPublisher } from '../tokens';
 import { DeploymentPicker } from './deployment.picker';
 import type { JobState } from './job-state';
@@ -20,7 +20,7 @@ export class JobWatchdog {
     private readonly config: AppConfig,
     private readonly clock: Clock,
     private readonly picker: DeploymentPicker,
-    @InjectPublisher() private readonly redis: Redis,
+    @InjectPublisher() private readonly redis: RedisClient,
   ) {}
 
   watch(data: CompletionJobData, abort: AbortController, out: RelayPublisher, state: JobState): () => void {

@@ -1,6 +1,6 @@
 import { RELAY_PART_MAX_BYTES } from '@app/common';
 import { Injectable } from '@nestjs/common';
-import type Redis from 'ioredis';
+import { type InboxPublish, inboxPublisher, type RedisClient } from '@app/common';
 import { InjectPublisher } from '../tokens';
 
 /** Where a job's relay messages go: Redis itself, or the outbox that batches them. */
@@ -33,7 +33,11 @@ export class RelayOutbox implements RelaySink {
   private readonly open = new Map<string, Batch>();
   private scheduled = false;
 
-  constructor(@InjectPublisher() private readonly redis: Redis) {}
+  private readonly publishTo: InboxPublish;
+
+  constructor(@InjectPublisher() redis: RedisClient) {
+    this.publishTo = inboxPublisher(redis);
+  }
 
   publish(channel: string, raw: string): Promise<number> {
     let batch = this.open.get(channel);
@@ -65,7 +69,7 @@ export class RelayOutbox implements RelaySink {
   private send(channel: string, batch: Batch): void {
     this.open.delete(channel);
     const raw = batch.items.length === 1 ? (batch.items[0] ?? '') : `[${batch.items.join(',')}]`;
-    this.redis.publish(channel, raw).then(batch.settle, batch.fail);
+    this.publishTo(channel, raw).then(batch.settle, batch.fail);
   }
 }
 

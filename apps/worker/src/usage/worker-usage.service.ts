@@ -1,6 +1,6 @@
 import { AppConfig, claimTtlMs, Clock, UsageStore, type UsageRecord, type UsageWrite } from '@app/common';
 import { Injectable, Logger, Optional } from '@nestjs/common';
-import type Redis from 'ioredis';
+import type { RedisClient } from '@app/common';
 import { WorkerMetrics } from '../observability/worker-metrics';
 import { InjectPublisher } from '../tokens';
 import { WorkerIdentity } from '../worker-identity';
@@ -31,7 +31,7 @@ export class WorkerUsageService {
   constructor(
     config: AppConfig,
     private readonly clock: Clock,
-    @InjectPublisher() redis: Redis,
+    @InjectPublisher() redis: RedisClient,
     identity: WorkerIdentity,
     @Optional() private readonly metrics?: WorkerMetrics,
   ) {

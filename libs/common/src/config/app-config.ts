@@ -12,7 +12,7 @@ export class AppConfig {
     readonly env: Env,
     readonly router: RouterConfig,
   ) {
-    this.names = redisNames(env.AQUEDUCT_REDIS_PREFIX);
+    this.names = redisNames(env.AQUEDUCT_REDIS_PREFIX, env.AQUEDUCT_REDIS_CLUSTER);
   }
 }
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseRedisSeeds } from '../redis/redis-url';
 
 /**
  * The only place in the code base that reads `process.env`. Everything else receives
@@ -27,6 +28,8 @@ export const envSchema = z.object({
     .string()
     .regex(/^[A-Za-z0-9_.-]+$/, 'may contain only letters, digits, "_", "." and "-"')
     .default('aqueduct'),
+  /** `true`: REDIS_URL is a comma-separated list of the seed nodes of a Redis Cluster (checked in {@link parseEnv}). */
+  AQUEDUCT_REDIS_CLUSTER: flag(false),
   AQUEDUCT_CONFIG: z.string().min(1).optional(),
   AQUEDUCT_ADMIN_KEY: z
     .string()
@@ -107,6 +110,7 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
     const keys = [...new Set(result.error.issues.map((i) => String(i.path[0] ?? '(environment)')))];
     throw new ConfigError(`Invalid environment:\n${lines.join('\n')}`, keys);
   }
+  checkRedisTopology(result.data);
   if (result.data.AQUEDUCT_METRICS_REQUIRE_ADMIN && result.data.AQUEDUCT_ADMIN_KEY === undefined) {
     throw new ConfigError(
       'Invalid environment:\n  AQUEDUCT_METRICS_REQUIRE_ADMIN: needs AQUEDUCT_ADMIN_KEY to be set (in workers too)',
@@ -114,6 +118,27 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
     );
   }
   return result.data;
+}
+
+/** A seed list only with AQUEDUCT_REDIS_CLUSTER, and then a valid one (one message per fault, no secrets). */
+function checkRedisTopology(env: Env): void {
+  if (!env.AQUEDUCT_REDIS_CLUSTER) {
+    if (env.REDIS_URL.includes(',')) {
+      throw new ConfigError(
+        'Invalid environment:\n  REDIS_URL: lists several nodes; set AQUEDUCT_REDIS_CLUSTER=true for a Redis Cluster',
+        ['REDIS_URL', 'AQUEDUCT_REDIS_CLUSTER'],
+      );
+    }
+    return;
+  }
+  try {
+    parseRedisSeeds(env.REDIS_URL);
+  } catch (err) {
+    throw new ConfigError(
+      `Invalid environment:\n  REDIS_URL: with AQUEDUCT_REDIS_CLUSTER=true, a comma-separated list of seed nodes: ${(err as Error).message}`,
+      ['REDIS_URL'],
+    );
+  }
 }
 
 export function loadEnv(): Env {

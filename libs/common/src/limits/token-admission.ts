@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { RedisClient } from '../redis/redis-factory';
 import type { RedisNames } from '../names';
 import type { TokenRecord } from '../tokens/token-record';
 import { ADMISSION_LUA } from './admission.lua';
@@ -61,6 +61,15 @@ export interface AdmissionRequest {
   now: number;
 }
 
+/**
+ * The KEYS of one admission (ADMISSION_LUA): the token's limiter and leases, all tagged with
+ * the token id, so that on a cluster the script stays in the token's slot. The model's lease
+ * key is declared either way (a script names its keys); it is unused without a model.
+ */
+export function admissionKeys(names: RedisNames, tokenId: string, model: string | null): [string, string, string] {
+  return [names.limiter(tokenId), names.tokenLeases(tokenId), names.tokenModelLeases(tokenId, model ?? '')];
+}
+
 /** Go-style durations, as OpenAI's reset headers use: "1s", "6m0s", "250ms". */
 export function goDuration(ms: number): string {
   if (ms < 1000) {
@@ -81,7 +90,7 @@ export class TokenAdmission {
   private readonly admit: AdmitCommand;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
   ) {
     redis.defineCommand('aqueductAdmit', { numberOfKeys: 3, lua: ADMISSION_LUA });
@@ -94,10 +103,7 @@ export class TokenAdmission {
     const itpm = token.input_tokens_per_minute ?? -1;
     const otpm = token.output_tokens_per_minute ?? -1;
     const [denied, usedR, usedI, usedO, retry, resetR, resetI, resetO, , turn] = await this.admit(
-      this.names.limiter(token.id),
-      this.names.tokenLeases(token.id),
-      // Declared either way (a script names its keys); unused without a model.
-      this.names.tokenModelLeases(token.id, req.model ?? ''),
+      ...admissionKeys(this.names, token.id, req.model),
       req.now,
       req.weight,
       rpm,
@@ -142,15 +148,20 @@ export class TokenAdmission {
 
   /**
    * Extends the leases of requests still held, per token (request id → the model whose turn
-   * it holds, or null), in one pipeline for all of them.
+   * it holds, or null), in one pipeline for all of them; on a cluster, in one pipeline per
+   * token: a pipeline must stay on one node, and each token's leases carry its own hash tag.
    */
   async renew(byToken: ReadonlyMap<string, ReadonlyMap<string, string | null>>, now: number): Promise<void> {
     if (byToken.size === 0) {
       return;
     }
     const expiry = now + CONCURRENCY_LEASE_MS;
-    const p = this.redis.pipeline();
+    const pipelines = [this.redis.pipeline()];
     for (const [tokenId, rids] of byToken) {
+      if (this.names.cluster && pipelines.length < byToken.size) {
+        pipelines.push(this.redis.pipeline());
+      }
+      const p = pipelines.at(-1)!;
       const key = this.names.tokenLeases(tokenId);
       const models = new Set<string>();
       for (const [rid, model] of rids) {
@@ -165,7 +176,7 @@ export class TokenAdmission {
         p.pexpire(this.names.tokenModelLeases(tokenId, model), CONCURRENCY_LEASE_MS * 2);
       }
     }
-    await p.exec();
+    await Promise.all(pipelines.map((p) => p.exec()));
   }
 
   /** Gives a request's slot back (and its turn, when it counted one: both in one round trip). */

@@ -13,7 +13,7 @@ type Writable = Socket & { [PATCHED]?: true };
  * and 28% of the worker's, most of them one small command each: BullMQ's scripts for many
  * jobs, claims, publishes and usage records issued by different requests in the same turn.
  * Auto-pipelining only merges commands issued in the same tick on one client, and BullMQ's
- * connection cannot use it (see queueConnectionOptions). Corking the socket at the first
+ * connection cannot use it (see the queue roles in redis-factory.ts). Corking the socket at the first
  * write of a turn and uncorking it in that turn's check phase (setImmediate) merges all of
  * them into one `writev`. The delay is bounded by one loop iteration: a pending immediate
  * makes the poll phase return at once, so an idle process sends at once too.

@@ -1,27 +1,49 @@
 import { ClientRedis, type RedisStatus, ServerRedis } from '@nestjs/microservices';
-import type Redis from 'ioredis';
+import { Cluster } from 'ioredis';
 import { EMPTY, type Observable } from 'rxjs';
 import { ConnectionStateLog } from './connection-state-log';
-import { closeRedis } from './redis-factory';
+import { closeRedis, clusterOptions, clusterSeeds, type RedisClient, type RedisTarget } from './redis-factory';
 import { parseRedisUrl } from './redis-url';
 import { trackConnection } from './shutdown';
 
 /**
  * The control plane (cancel, drain, heartbeats) rides on the @nestjs/microservices Redis
  * transport. Its defaults give up after the first connection loss (`retryAttempts: 0`);
- * a control plane must survive Redis restarts, so retry forever, once a second.
+ * a control plane must survive Redis restarts, so retry forever, once a second. On a
+ * cluster the endpoint is unused (the clients are Clusters, see {@link transportClient}).
  */
-function transportOptions(redisUrl: string) {
-  return { ...parseRedisUrl(redisUrl), retryAttempts: Number.MAX_SAFE_INTEGER, retryDelay: 1_000 };
+function transportOptions(target: RedisTarget) {
+  const first = target.REDIS_URL.split(',')[0] ?? target.REDIS_URL;
+  return { ...parseRedisUrl(first.trim()), retryAttempts: Number.MAX_SAFE_INTEGER, retryDelay: 1_000 };
+}
+
+/**
+ * The transport's own client on one Redis; on a cluster, a lazy Cluster with the transport's
+ * retry policy (which stops once the transport is closed). Its PUBLISH reaches every node's
+ * subscribers: a cluster broadcasts classic pub/sub, so control messages arrive wherever the
+ * other side's subscriber connection landed.
+ */
+async function transportClient(
+  target: RedisTarget,
+  own: () => Promise<RedisClient>,
+  retryStrategy: (times: number) => number | void | null,
+): Promise<RedisClient> {
+  if (!target.AQUEDUCT_REDIS_CLUSTER) {
+    return trackConnection(await own());
+  }
+  const options = clusterOptions(target.REDIS_URL, 'subscriber');
+  return trackConnection(
+    new Cluster(clusterSeeds(target.REDIS_URL), { ...options, lazyConnect: true, clusterRetryStrategy: retryStrategy }),
+  );
 }
 
 /** Closes the transport's pub/sub pair, whichever of the two exists (the client connects lazily). */
-async function closeAll(...clients: (Redis | null | undefined)[]): Promise<void> {
-  await Promise.all(clients.filter((c): c is Redis => c != null).map((c) => closeRedis(c)));
+async function closeAll(...clients: (RedisClient | null | undefined)[]): Promise<void> {
+  await Promise.all(clients.filter((c): c is RedisClient => c != null).map((c) => closeRedis(c)));
 }
 
 /** Resolves when the client is first ready (never, if it never is: then nothing is waiting on it but a callback). */
-function firstReady(client: Redis): Promise<void> {
+function firstReady(client: RedisClient): Promise<void> {
   return client.status === 'ready'
     ? Promise.resolve()
     : new Promise((resolve) => client.once('ready', () => resolve()));
@@ -31,7 +53,7 @@ function firstReady(client: Redis): Promise<void> {
 const CONTROL_ROLE = 'control';
 
 /** The events the overridden listeners need (the transport types its clients as `any`). */
-type TransportClient = Pick<Redis, 'on'>;
+type TransportClient = Pick<RedisClient, 'on'>;
 
 /**
  * The transport's server, with its connection logging routed through the control role's
@@ -42,8 +64,16 @@ type TransportClient = Pick<Redis, 'on'>;
 export class ControlServer extends ServerRedis {
   private readonly connection = ConnectionStateLog.for(CONTROL_ROLE);
 
-  override async createRedisClient(): Promise<Redis> {
-    return trackConnection((await super.createRedisClient()) as Redis);
+  constructor(private readonly target: RedisTarget) {
+    super(transportOptions(target));
+  }
+
+  override async createRedisClient(): Promise<RedisClient> {
+    return transportClient(
+      this.target,
+      async () => (await super.createRedisClient()) as RedisClient,
+      (times) => this.createRetryStrategy(times),
+    );
   }
 
   override registerErrorListener(client: TransportClient): void {
@@ -58,8 +88,8 @@ export class ControlServer extends ServerRedis {
    * its control plane as soon as Redis answers.
    */
   override start(callback?: () => void): void {
-    const sub = this.subClient as Redis;
-    const pub = this.pubClient as Redis;
+    const sub = this.subClient as RedisClient;
+    const pub = this.pubClient as RedisClient;
     void Promise.all([firstReady(sub), firstReady(pub)]).then(() => {
       if (!this.isManuallyClosed) {
         this.bindEvents(sub, pub);
@@ -89,7 +119,7 @@ export class ControlServer extends ServerRedis {
 
   override async close(): Promise<void> {
     this.isManuallyClosed = true;
-    await closeAll(this.pubClient as Redis | null | undefined, this.subClient as Redis | null | undefined);
+    await closeAll(this.pubClient as RedisClient | null | undefined, this.subClient as RedisClient | null | undefined);
     this.pendingEventListeners = [];
   }
 }
@@ -108,8 +138,16 @@ export class ControlClient extends ClientRedis {
   /** Events dropped because Redis was unreachable (for metrics and tests). */
   droppedWhileDown = 0;
 
-  override async createClient(): Promise<Redis> {
-    return trackConnection((await super.createClient()) as Redis);
+  constructor(private readonly target: RedisTarget) {
+    super(transportOptions(target));
+  }
+
+  override async createClient(): Promise<RedisClient> {
+    return transportClient(
+      this.target,
+      async () => (await super.createClient()) as RedisClient,
+      (times) => this.createRetryStrategy(times),
+    );
   }
 
   override emit<TResult = unknown, TInput = unknown>(pattern: unknown, data: TInput): Observable<TResult> {
@@ -152,7 +190,7 @@ export class ControlClient extends ClientRedis {
       this._status$.next('connected' as RedisStatus);
       if (!this.wasInitialConnectionSuccessful) {
         this.wasInitialConnectionSuccessful = true;
-        (this.subClient as Redis).on(
+        (this.subClient as RedisClient).on(
           this.options.returnBuffers ? 'messageBuffer' : 'message',
           this.createResponseCallback() as (channel: string, message: string) => void,
         );
@@ -171,7 +209,7 @@ export class ControlClient extends ClientRedis {
 
   override async close(): Promise<void> {
     this.isManuallyClosed = true;
-    await closeAll(this.pubClient as Redis | null | undefined, this.subClient as Redis | null | undefined);
+    await closeAll(this.pubClient as RedisClient | null | undefined, this.subClient as RedisClient | null | undefined);
     // Nothing left for the base class to QUIT; it resets its state.
     this.pubClient = this.subClient = null;
     this.down.clear();
@@ -183,10 +221,10 @@ export class ControlClient extends ClientRedis {
   }
 }
 
-export function createControlServer(redisUrl: string): ServerRedis {
-  return new ControlServer(transportOptions(redisUrl));
+export function createControlServer(target: RedisTarget): ServerRedis {
+  return new ControlServer(target);
 }
 
-export function createControlClient(redisUrl: string): ClientRedis {
-  return new ControlClient(transportOptions(redisUrl));
+export function createControlClient(target: RedisTarget): ClientRedis {
+  return new ControlClient(target);
 }

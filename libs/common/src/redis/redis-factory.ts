@@ -1,46 +1,121 @@
-import Redis, { type RedisOptions } from 'ioredis';
+import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { Env } from '../config/env';
+import { ACCOUNT_COMMAND } from '../usage/usage-store';
 import { coalesceWrites } from './coalesce-writes';
 import { ConnectionStateLog } from './connection-state-log';
 import { reconnectDelay } from './reconnect-delay';
+import { clusterNodeAuth, parseRedisSeeds } from './redis-url';
 import { endRedis, redisUsable, trackConnection } from './shutdown';
 
 // libs/common/src/index.ts exports this file: the rest of the redis module's public surface.
 export * from './coalesce-writes';
 export * from './connection-state-log';
+export * from './inbox-transport';
 export * from './shutdown';
+
+/**
+ * A connection to one Redis or to a Redis Cluster (AQUEDUCT_REDIS_CLUSTER). Both speak the
+ * same commands; what differs is that on a cluster every multi-key command, script, MULTI and
+ * pipeline must keep its keys in one hash slot (see names.ts), which the key layout ensures.
+ */
+export type RedisClient = Redis | Cluster;
+
+/** Where the connections go: the two variables that decide it. */
+export type RedisTarget = Pick<Env, 'REDIS_URL' | 'AQUEDUCT_REDIS_CLUSTER'>;
 
 /**
  * How each kind of connection must behave (BullMQ's production guide):
  * - `command`: request-path commands; fail fast while Redis is down (no offline queue)
  *   so callers answer 503 at once instead of hanging.
  * - `subscriber`: a dedicated pub/sub connection; ioredis re-subscribes on reconnect.
- * - `bullmq-worker`: BullMQ workers block on Redis and require `maxRetriesPerRequest: null`.
+ * - `queue-producer`: the gateway's BullMQ connection: fails fast like `command`, but without
+ *   auto-pipelining: ioredis builds a Pipeline per tick that copies every defined script, and
+ *   BullMQ defines dozens (measured: more CPU per request, not less).
+ * - `queue-consumer`: the workers' BullMQ connection: BullMQ blocks on it and requires
+ *   `maxRetriesPerRequest: null`.
  */
-export type RedisRole = 'command' | 'subscriber' | 'bullmq-worker';
+export type RedisRole = 'command' | 'subscriber' | 'queue-producer' | 'queue-consumer';
 
-const ROLE_OPTIONS: Record<RedisRole, RedisOptions> = {
-  command: { enableOfflineQueue: false, maxRetriesPerRequest: 1, enableAutoPipelining: true },
-  subscriber: { enableOfflineQueue: true, maxRetriesPerRequest: null },
-  'bullmq-worker': { enableOfflineQueue: true, maxRetriesPerRequest: null },
+interface RoleOptions {
+  enableOfflineQueue?: boolean;
+  maxRetriesPerRequest: number | null;
+  enableAutoPipelining?: boolean;
+  /** One socket write per turn (coalesce-writes.ts) for connections that carry many small commands. */
+  coalesce: boolean;
+}
+
+const ROLE_OPTIONS: Record<RedisRole, RoleOptions> = {
+  command: { enableOfflineQueue: false, maxRetriesPerRequest: 1, enableAutoPipelining: true, coalesce: true },
+  subscriber: { enableOfflineQueue: true, maxRetriesPerRequest: null, coalesce: false },
+  'queue-producer': { enableOfflineQueue: false, maxRetriesPerRequest: 1, coalesce: true },
+  'queue-consumer': { maxRetriesPerRequest: null, coalesce: true },
 };
 
-export function redisOptions(role: RedisRole, name: string): RedisOptions {
+/** The options of one Redis of `role`, as ioredis takes them (`name` = CLIENT SETNAME, if any). */
+export function redisOptions(role: RedisRole, name?: string): RedisOptions {
+  const { coalesce: _, ...options } = ROLE_OPTIONS[role];
+  return { ...options, ...(name !== undefined && { connectionName: name }), retryStrategy: reconnectDelay };
+}
+
+/**
+ * The same role on a cluster. ioredis applies the offline queue, auto-pipelining and
+ * reconnect policy to the cluster as a whole, and the rest to each node connection it opens
+ * (`redisOptions`, which also carry the seeds' password and TLS). The ready check waits for
+ * `cluster_state:ok`, and every command goes to a master: a replica may lag behind, and the
+ * scripts' read-then-write logic (limits, claims) must never see a stale value.
+ */
+export function clusterOptions(seedList: string, role: RedisRole, name?: string): ClusterOptions {
+  const { enableOfflineQueue, enableAutoPipelining, maxRetriesPerRequest } = ROLE_OPTIONS[role];
   return {
-    ...ROLE_OPTIONS[role],
-    connectionName: name,
-    retryStrategy: reconnectDelay,
+    ...(enableOfflineQueue !== undefined && { enableOfflineQueue }),
+    ...(enableAutoPipelining !== undefined && {
+      enableAutoPipelining,
+      autoPipeliningIgnoredCommands: [ACCOUNT_COMMAND],
+    }),
+    enableReadyCheck: true,
+    scaleReads: 'master',
+    // A subscriber's channels are sharded (see inbox-transport.ts): one subscriber connection
+    // per shard, moved with its slots.
+    ...(role === 'subscriber' && { shardedSubscribers: true }),
+    clusterRetryStrategy: reconnectDelay,
+    redisOptions: {
+      ...clusterNodeAuth(parseRedisSeeds(seedList)),
+      maxRetriesPerRequest,
+      ...(name !== undefined && { connectionName: name }),
+    },
   };
+}
+
+/** Cluster seeds as ioredis takes them. */
+export function clusterSeeds(seedList: string): { host: string; port: number }[] {
+  return parseRedisSeeds(seedList).map(({ host, port }) => ({ host, port }));
+}
+
+/**
+ * A bare connection of `role`: a `Redis`, or a `Cluster` when AQUEDUCT_REDIS_CLUSTER is set.
+ * No logging and no shutdown tracking (BullMQ's connections get theirs through their queues,
+ * see queue.module.ts); everything else should use {@link createRedis}.
+ */
+export function connectRedis(target: RedisTarget, role: RedisRole, name?: string): RedisClient {
+  const coalesce = ROLE_OPTIONS[role].coalesce;
+  if (!target.AQUEDUCT_REDIS_CLUSTER) {
+    const client = new Redis(target.REDIS_URL, redisOptions(role, name));
+    return coalesce ? coalesceWrites(client) : client;
+  }
+  const cluster = new Cluster(clusterSeeds(target.REDIS_URL), clusterOptions(target.REDIS_URL, role, name));
+  if (coalesce) {
+    // One connection per node, opened as the cluster discovers them: each coalesces its own writes.
+    cluster.on('+node', (node: Redis) => coalesceWrites(node));
+  }
+  return cluster;
 }
 
 /**
  * A client whose outages are logged once per state change through the {@link ConnectionStateLog}
  * of its role (`logAs`, default: the role), and which the shutdown deadline force-closes.
  */
-export function createRedis(url: string, role: RedisRole, name: string, logAs: string = role): Redis {
-  const client = new Redis(url, redisOptions(role, name));
-  if (role === 'command') {
-    coalesceWrites(client);
-  }
+export function createRedis(target: RedisTarget, role: RedisRole, name: string, logAs: string = role): RedisClient {
+  const client = connectRedis(target, role, name);
   ConnectionStateLog.for(logAs).watch(client);
   return trackConnection(client);
 }
@@ -51,7 +126,7 @@ export function createRedis(url: string, role: RedisRole, name: string, logAs: s
  * shutdown hang for as long as the outage lasted. A connected client gets QUIT (pending
  * replies arrive first) for at most `timeoutMs`.
  */
-export async function closeRedis(client: Redis, timeoutMs = 1_000): Promise<void> {
+export async function closeRedis(client: RedisClient, timeoutMs = 1_000): Promise<void> {
   if (client.status === 'end') {
     return;
   }
@@ -69,7 +144,7 @@ export async function closeRedis(client: Redis, timeoutMs = 1_000): Promise<void
 }
 
 /** Resolves when the client is connected, or after `timeoutMs` (the caller copes with a down Redis). */
-export function whenReady(client: Redis, timeoutMs: number): Promise<void> {
+export function whenReady(client: RedisClient, timeoutMs: number): Promise<void> {
   if (client.status === 'ready') {
     return Promise.resolve();
   }

@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { RedisClient } from '../redis/redis-factory';
 import type { RedisNames } from '../names';
 
 /**
@@ -109,7 +109,7 @@ export class FairShare {
   private readonly refundCmd: RefundCommand;
 
   constructor(
-    redis: Redis,
+    redis: RedisClient,
     private readonly names: RedisNames,
     /** The rebase period; tests make it small. */
     private readonly every: number = REBASE_EVERY,

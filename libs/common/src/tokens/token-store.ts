@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import type Redis from 'ioredis';
+import type { RedisClient } from '../redis/redis-factory';
 import type { RedisNames } from '../names';
 import { normalizeToken, type TokenCreateOptions, type TokenRecord } from './token-record';
 
@@ -26,7 +26,7 @@ export function isWellFormedToken(key: string): boolean {
  */
 export class TokenStore {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
     private readonly now: () => number = Date.now,
   ) {}

@@ -86,8 +86,8 @@ describe('UsageStore', () => {
     const log = await redis.xrange(names.usageLog, '-', '+');
     expect(log.map(([, f]) => (JSON.parse(f[1] ?? '{}') as UsageRecord).rid)).toEqual(['r1', 'r2', 'r3']);
     expect(await store.totals('token', 'tok_1')).toMatchObject({ requests: 3, completion_tokens: 10 });
-    expect(await redis.get(names.usageClaim('r1'))).toBe('gateway');
-    expect(await redis.pttl(names.usageClaim('r1'))).toBeGreaterThan(50_000);
+    expect(await redis.get(names.usageClaim('r1', 'tok_1'))).toBe('gateway');
+    expect(await redis.pttl(names.usageClaim('r1', 'tok_1'))).toBeGreaterThan(50_000);
   });
 
   // Workers write the records of one turn in one call: each keeps its own claim and counters.

@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { RedisClient } from '../redis/redis-factory';
 import type { RedisNames } from '../names';
 import type { RefusalCount, UsageRecord, UsageSummary, UsageTotals } from './usage-record';
 
@@ -19,10 +19,14 @@ function add(t: UsageTotals, r: UsageRecord): void {
  * run each): first the trim of records past retention, then per record its claim, the
  * record into the log stream, the all-time counters of its token and model, and, when
  * asked, its tokens into the token's rate-limit window.
- * KEYS, 5 per record: log, token counters, model counters, limiter ('' = none), usage
- * claim ('' = none). ARGV: minid, then 7 per record: record JSON, prompt tokens,
- * completion tokens, error (0/1), second, claim owner, claim TTL ms.
+ * KEYS, 5 per record: log, token counters, model counters, limiter, usage claim. ARGV:
+ * minid, then 7 per record: record JSON, prompt tokens, completion tokens, error (0/1),
+ * second ('' = not counted in the limiter), claim owner ('' = no claim), claim TTL ms.
+ * Keys not used are still named, with their real names: on a cluster every key of a call
+ * must be in the call's slot (a placeholder such as '' hashes to slot 0).
  * Returns one 0/1 per record: 0, nothing written, when its claim was already taken.
+ * All records of one call share one log (KEYS[1], the one trimmed): the deployment's with one
+ * Redis, their token's on a cluster, where a call holds one token's records (accountCalls).
  */
 // XTRIM comes first, before the claim's SET too: SET and XADD are refused when Redis is
 // at maxmemory, XTRIM is not, so old records are still trimmed (and memory freed) when
@@ -33,7 +37,7 @@ local written = {}
 for j = 0, #KEYS / 5 - 1 do
   local k = j * 5
   local a = 1 + j * 7
-  if KEYS[k + 5] ~= '' and not redis.call('SET', KEYS[k + 5], ARGV[a + 6], 'PX', ARGV[a + 7], 'NX') then
+  if ARGV[a + 6] ~= '' and not redis.call('SET', KEYS[k + 5], ARGV[a + 6], 'PX', ARGV[a + 7], 'NX') then
     written[j + 1] = 0
   else
     redis.call('XADD', KEYS[k + 1], '*', 'd', ARGV[a + 1])
@@ -43,7 +47,7 @@ for j = 0, #KEYS / 5 - 1 do
       redis.call('HINCRBY', KEYS[c], 'completion_tokens', ARGV[a + 3])
       redis.call('HINCRBY', KEYS[c], 'errors', ARGV[a + 4])
     end
-    if KEYS[k + 4] ~= '' then
+    if ARGV[a + 5] ~= '' then
       redis.call('HINCRBY', KEYS[k + 4], 'i:' .. ARGV[a + 5], ARGV[a + 2])
       redis.call('HINCRBY', KEYS[k + 4], 'o:' .. ARGV[a + 5], ARGV[a + 3])
       redis.call('PEXPIRE', KEYS[k + 4], 61000)
@@ -53,6 +57,15 @@ for j = 0, #KEYS / 5 - 1 do
 end
 return written
 `;
+
+/**
+ * The name ACCOUNT_LUA is defined under. Its number of keys varies per call, so its first
+ * argument is that number, which ioredis' cluster auto-pipelining takes for the first key: it
+ * would group calls of different tokens into one pipeline for the wrong node (refused: "All
+ * keys in the pipeline should belong to the same slots allocation group"). Cluster clients
+ * leave it out of auto-pipelining (see clusterOptions).
+ */
+export const ACCOUNT_COMMAND = 'aqueductAccount';
 
 /** Who takes a request's usage claim ({@link RedisNames.usageClaim}), and for how long it is kept. */
 export interface UsageClaim {
@@ -71,21 +84,69 @@ export interface UsageWrite {
   claim?: UsageClaim;
 }
 
+/** The KEYS and ARGV of one ACCOUNT_LUA call. */
+export interface AccountCall {
+  keys: string[];
+  args: (string | number)[];
+  /** Indexes, into the writes given to {@link accountCalls}, of this call's records, in order. */
+  writes: number[];
+}
+
+/**
+ * The script calls that account `writes`. With one Redis, one call for all of them. On a
+ * cluster a script may only touch keys of one slot, and a record's keys (log, counters,
+ * claim, limiter) carry its token's hash tag (see {@link RedisNames.tokenUsage}): one call
+ * per token, each trimming that token's log. The records of one token keep their order.
+ */
+export function accountCalls(
+  names: RedisNames,
+  writes: readonly UsageWrite[],
+  now: number,
+  retentionMs: number,
+): AccountCall[] {
+  const calls = new Map<string, AccountCall>();
+  writes.forEach(({ record: r, countTowardsLimits, claim }, i) => {
+    const group = names.cluster ? r.token_id : '';
+    let call = calls.get(group);
+    if (call === undefined) {
+      call = { keys: [], args: [String(now - retentionMs)], writes: [] };
+      calls.set(group, call);
+    }
+    const usage = names.tokenUsage(r.token_id);
+    call.keys.push(usage.log, usage.totals, usage.model(r.model), names.limiter(r.token_id), usage.claim(r.rid));
+    call.args.push(
+      JSON.stringify(r),
+      r.prompt_tokens,
+      r.completion_tokens,
+      r.status >= 400 ? 1 : 0,
+      countTowardsLimits ? Math.floor(now / 1000) : '',
+      claim?.owner ?? '',
+      Math.max(1, Math.round(claim?.ttlMs ?? 1)),
+    );
+    call.writes.push(i);
+  });
+  return [...calls.values()];
+}
+
 /**
  * Usage records in a Redis Stream (ordered by time, trimmed by age with MINID) plus
- * all-time counters per token and per model.
+ * all-time counters per token and per model. On a cluster the same per token, in the
+ * token's slot (see {@link RedisNames.tokenUsage}): queries over all tokens then read the
+ * logs of the tokens in {@link RedisNames.usageTokens}.
  */
 export class UsageStore {
   private readonly account: AccountCommand;
+  /** Cluster layout: the tokens this process already put in {@link RedisNames.usageTokens}. */
+  private readonly registered = new Set<string>();
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly names: RedisNames,
     private readonly retentionMs: number,
   ) {
     // numberOfKeys left out: a call names its own (5 per record).
-    redis.defineCommand('aqueductAccount', { lua: ACCOUNT_LUA });
-    this.account = (redis as unknown as { aqueductAccount: AccountCommand }).aqueductAccount.bind(redis);
+    redis.defineCommand(ACCOUNT_COMMAND, { lua: ACCOUNT_LUA });
+    this.account = (redis as unknown as Record<typeof ACCOUNT_COMMAND, AccountCommand>)[ACCOUNT_COMMAND].bind(redis);
   }
 
   /**
@@ -99,55 +160,74 @@ export class UsageStore {
     return written === true;
   }
 
-  /** Several records in one script call (see ACCOUNT_LUA); one `written` flag per record, in order. */
+  /**
+   * Several records in one script call (see ACCOUNT_LUA; on a cluster one per token, see
+   * {@link accountCalls}); one `written` flag per record, in order.
+   */
   async recordMany(writes: readonly UsageWrite[], now: number): Promise<boolean[]> {
-    const keys: string[] = [];
-    const args: (string | number)[] = [String(now - this.retentionMs)];
-    for (const { record: r, countTowardsLimits, claim } of writes) {
-      keys.push(
-        this.names.usageLog,
-        this.names.usageByToken(r.token_id),
-        this.names.usageByModel(r.model),
-        countTowardsLimits ? this.names.limiter(r.token_id) : '',
-        claim === undefined ? '' : this.names.usageClaim(r.rid),
-      );
-      args.push(
-        JSON.stringify(r),
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.status >= 400 ? 1 : 0,
-        Math.floor(now / 1000),
-        claim?.owner ?? '',
-        Math.max(1, Math.round(claim?.ttlMs ?? 1)),
-      );
+    const calls = accountCalls(this.names, writes, now, this.retentionMs);
+    if (this.names.cluster) {
+      await this.register(writes);
     }
-    const written = await this.account(keys.length, ...keys, ...args);
-    return written.map((w) => w === 1);
+    const written: boolean[] = [];
+    const replies = await Promise.all(calls.map((c) => this.account(c.keys.length, ...c.keys, ...c.args)));
+    replies.forEach((reply, c) => reply.forEach((w, j) => (written[calls[c]!.writes[j]!] = w === 1)));
+    return written;
+  }
+
+  /**
+   * Cluster layout: lists the records' tokens in {@link RedisNames.usageTokens} before their
+   * first record is written (another slot, so not in the script), so that a query over all
+   * tokens never misses a log. Once per token and process: SADD is idempotent, and a token
+   * once listed stays listed.
+   */
+  private async register(writes: readonly UsageWrite[]): Promise<void> {
+    const fresh = [...new Set(writes.map((w) => w.record.token_id))].filter((t) => !this.registered.has(t));
+    if (fresh.length > 0) {
+      await this.redis.sadd(this.names.usageTokens, ...fresh);
+      fresh.forEach((t) => this.registered.add(t));
+    }
+  }
+
+  /** The logs a query reads: the one log, or on a cluster the logs of the tokens asked for. */
+  private async logsFor(tokenId: string | undefined): Promise<string[]> {
+    if (!this.names.cluster) {
+      return [this.names.usageLog];
+    }
+    const tokens = tokenId !== undefined ? [tokenId] : await this.redis.smembers(this.names.usageTokens);
+    return tokens.map((t) => this.names.tokenUsage(t).log);
   }
 
   /** Records since `since` (epoch ms), oldest first, optionally filtered. */
   async query(filter: { since: number; tokenId?: string; model?: string }): Promise<UsageRecord[]> {
-    const out: UsageRecord[] = [];
-    let start = String(filter.since);
-    for (let scanned = 0; scanned < MAX_SCAN;) {
-      const batch = await this.redis.xrange(this.names.usageLog, start, '+', 'COUNT', 5_000);
-      for (const [, fields] of batch) {
-        const r = JSON.parse(fields[1] ?? '{}') as UsageRecord;
-        if (
-          (filter.tokenId === undefined || r.token_id === filter.tokenId) &&
-          (filter.model === undefined || r.model === filter.model)
-        ) {
-          out.push(r);
+    const found: { id: string; record: UsageRecord }[] = [];
+    let scanned = 0;
+    for (const log of await this.logsFor(filter.tokenId)) {
+      let start = String(filter.since);
+      while (scanned < MAX_SCAN) {
+        const batch = await this.redis.xrange(log, start, '+', 'COUNT', 5_000);
+        for (const [id, fields] of batch) {
+          const r = JSON.parse(fields[1] ?? '{}') as UsageRecord;
+          if (
+            (filter.tokenId === undefined || r.token_id === filter.tokenId) &&
+            (filter.model === undefined || r.model === filter.model)
+          ) {
+            found.push({ id, record: r });
+          }
         }
+        scanned += batch.length;
+        const last = batch.at(-1);
+        if (last === undefined || batch.length < 5_000) {
+          break;
+        }
+        start = `(${last[0]}`;
       }
-      scanned += batch.length;
-      const last = batch.at(-1);
-      if (last === undefined || batch.length < 5_000) {
-        break;
-      }
-      start = `(${last[0]}`;
     }
-    return out;
+    // Several logs (cluster): merged by stream id, "<ms>-<seq>", which orders them in time.
+    if (this.names.cluster) {
+      found.sort((a, b) => compareStreamIds(a.id, b.id));
+    }
+    return found.map((f) => f.record);
   }
 
   async summarize(filter: { since: number; tokenId?: string; model?: string }): Promise<UsageSummary> {
@@ -196,15 +276,29 @@ export class UsageStore {
     return out.sort((a, b) => b.count - a.count);
   }
 
-  /** All-time counters of one token or model. */
+  /** All-time counters of one token or model (on a cluster, a model's are the sum of its tokens' shares). */
   async totals(kind: 'token' | 'model', id: string): Promise<UsageTotals> {
-    const key = kind === 'token' ? this.names.usageByToken(id) : this.names.usageByModel(id);
-    const h = await this.redis.hgetall(key);
-    return {
-      requests: Number(h.requests ?? 0),
-      prompt_tokens: Number(h.prompt_tokens ?? 0),
-      completion_tokens: Number(h.completion_tokens ?? 0),
-      errors: Number(h.errors ?? 0),
-    };
+    let keys: string[];
+    if (kind === 'token') {
+      keys = [this.names.tokenUsage(id).totals];
+    } else if (!this.names.cluster) {
+      keys = [this.names.usageByModel(id)];
+    } else {
+      keys = (await this.redis.smembers(this.names.usageTokens)).map((t) => this.names.tokenUsage(t).model(id));
+    }
+    const total = empty();
+    for (const h of await Promise.all(keys.map((k) => this.redis.hgetall(k)))) {
+      total.requests += Number(h.requests ?? 0);
+      total.prompt_tokens += Number(h.prompt_tokens ?? 0);
+      total.completion_tokens += Number(h.completion_tokens ?? 0);
+      total.errors += Number(h.errors ?? 0);
+    }
+    return total;
   }
+}
+
+function compareStreamIds(a: string, b: string): number {
+  const [am = 0, as = 0] = a.split('-').map(Number);
+  const [bm = 0, bs = 0] = b.split('-').map(Number);
+  return am - bm || as - bs;
 }

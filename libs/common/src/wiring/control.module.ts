@@ -18,12 +18,12 @@ export const InjectControlClient = () => Inject(CONTROL_CLIENT);
     {
       provide: CONTROL_SERVER,
       inject: [AppConfig],
-      useFactory: (config: AppConfig) => createControlServer(config.env.REDIS_URL),
+      useFactory: (config: AppConfig) => createControlServer(config.env),
     },
     {
       provide: CONTROL_CLIENT,
       inject: [AppConfig],
-      useFactory: (config: AppConfig) => createControlClient(config.env.REDIS_URL),
+      useFactory: (config: AppConfig) => createControlClient(config.env),
     },
   ],
   exports: [CONTROL_SERVER, CONTROL_CLIENT],

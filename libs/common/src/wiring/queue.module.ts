@@ -1,34 +1,15 @@
 import { Global, Injectable, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Queue } from 'bullmq';
-import Redis, { type RedisOptions } from 'ioredis';
 import { AppConfig } from '../config/app-config';
 import type { CompletionJobData, CompletionJobResult } from '../contracts/completion-job';
 import { modelQueueName } from '../names';
-import { coalesceWrites } from '../redis/coalesce-writes';
+import { connectRedis, type RedisClient } from '../redis/redis-factory';
 import { trackBullmq } from '../redis/shutdown';
-import { reconnectDelay } from '../redis/reconnect-delay';
-import { parseRedisUrl } from '../redis/redis-url';
 import { watchBullmq } from '../redis/connection-state-log';
 import { modelCapacity } from '../scheduling/turns';
 
 export type InferenceQueue = Queue<CompletionJobData, CompletionJobResult>;
 export type QueueRole = 'producer' | 'consumer';
-
-/**
- * The BullMQ connection options both apps need. A producer (gateway) must fail fast while
- * Redis is down, so requests get 503 at once; a consumer (worker) blocks on Redis, and
- * BullMQ requires `maxRetriesPerRequest: null` for that.
- */
-export function queueConnectionOptions(config: AppConfig, role: QueueRole): RedisOptions {
-  return {
-    ...parseRedisUrl(config.env.REDIS_URL),
-    ...(role === 'producer' ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 } : { maxRetriesPerRequest: null }),
-    // No auto-pipelining here: ioredis builds a Pipeline per tick that copies every defined
-    // script, and BullMQ defines dozens (measured: more CPU per request, not less).
-    // Reconnect as quickly as the other connections (BullMQ's default backs off to 20 s).
-    retryStrategy: reconnectDelay,
-  };
-}
 
 /**
  * One BullMQ queue per model of the router config (see {@link modelQueueName}), all on one
@@ -38,15 +19,18 @@ export function queueConnectionOptions(config: AppConfig, role: QueueRole): Redi
 @Injectable()
 export class ModelQueues implements OnApplicationShutdown {
   /** The connection every queue of this process shares (workers' blocking fetches have their own). */
-  readonly connection: Redis;
+  readonly connection: RedisClient;
   private readonly byModel = new Map<string, InferenceQueue>();
 
   constructor(
     private readonly config: AppConfig,
     readonly role: QueueRole,
   ) {
-    // BullMQ's scripts for many jobs leave in one write per turn (coalesce-writes.ts).
-    this.connection = coalesceWrites(new Redis(queueConnectionOptions(config, role)));
+    // A producer (gateway) must fail fast while Redis is down, so requests get 503 at once; a
+    // consumer (worker) blocks on Redis. Both coalesce writes: BullMQ's scripts for many jobs
+    // leave in one write per turn (coalesce-writes.ts). On a cluster BullMQ takes the Cluster
+    // itself: each queue's keys share its model's hash tag (see modelQueueName).
+    this.connection = connectRedis(config.env, role === 'producer' ? 'queue-producer' : 'queue-consumer');
     // BullMQ attaches its own listeners to the shared connection; one per queue is expected.
     this.connection.setMaxListeners(0);
     for (const model of config.router.models) {

@@ -1,0 +1,42 @@
+import { Cluster } from 'ioredis';
+import type { RedisClient } from './redis-factory';
+
+/**
+ * How relay messages reach a gateway's inbox channel: classic pub/sub on one Redis, sharded
+ * pub/sub (SPUBLISH / SSUBSCRIBE, Redis 7+) on a cluster. A cluster broadcasts every classic
+ * PUBLISH to all its nodes (its cost grows with the cluster), and PUBLISH then counts only the
+ * subscribers on the node it was sent to: a worker would take "0 receivers" for a gateway that
+ * is gone. A sharded channel lives in its name's slot, like a key: SPUBLISH goes to the shard
+ * that owns it, where every subscriber of the channel is, and its count is the real one. Each
+ * gateway's inbox has its own name, hence its own slot: the relay spreads over the shards.
+ *
+ * The choice is made once per connection, so the one-Redis path stays one plain PUBLISH.
+ */
+export type InboxPublish = (channel: string, raw: string) => Promise<number>;
+
+export function inboxPublisher(client: RedisClient): InboxPublish {
+  if (client instanceof Cluster) {
+    return async (channel, raw) => Number(await client.spublish(channel, raw));
+  }
+  return (channel, raw) => client.publish(channel, raw);
+}
+
+/**
+ * Subscribes `client` (a subscriber-role connection) to one inbox and routes its messages to
+ * `onMessage`. ioredis re-subscribes after a reconnect; on a cluster (created with
+ * `shardedSubscribers`, see redis-factory.ts) also on the node that owns the slot after a
+ * slot migration or failover. A message lost meanwhile shows as a gap in the stream's
+ * sequence numbers, which the relay turns into a clean error.
+ */
+export function subscribeInbox(
+  client: RedisClient,
+  channel: string,
+  onMessage: (raw: string) => void,
+): Promise<unknown> {
+  if (client instanceof Cluster) {
+    client.on('smessage', (_channel: string, raw: string) => onMessage(raw));
+    return client.ssubscribe(channel);
+  }
+  client.on('message', (_channel: string, raw: string) => onMessage(raw));
+  return client.subscribe(channel);
+}

@@ -1,0 +1,196 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Cluster } from 'ioredis';
+import { freePort } from './stack';
+
+const run = promisify(execFile);
+
+/** One `redis-server --cluster-enabled yes` of a {@link RedisCluster}. */
+interface ClusterNode {
+  port: number;
+  child: ChildProcess;
+  exited: Promise<void>;
+  log: string;
+}
+
+/**
+ * A throw-away Redis Cluster for the cluster suite: 3 masters (and, with `replicas: 1`, one
+ * replica each) on free ports, never the shared Redis on 6379, no persistence, its node
+ * configs in a temporary directory. `stop()` kills every node and removes the directory;
+ * nodes also die with the test process, so a failed or aborted run leaves nothing behind.
+ */
+export class RedisCluster {
+  private constructor(
+    private readonly dir: string,
+    private readonly nodes: ClusterNode[],
+  ) {}
+
+  static async start(opts: { masters?: number; replicas?: 0 | 1 } = {}): Promise<RedisCluster> {
+    const masters = opts.masters ?? 3;
+    const replicas = opts.replicas ?? 0;
+    const dir = mkdtempSync(join(tmpdir(), 'aqueduct-cluster-'));
+    const cluster = new RedisCluster(dir, []);
+    try {
+      const ports = await distinctFreePorts(masters * (1 + replicas));
+      for (const port of ports) {
+        cluster.nodes.push(launchNode(dir, port));
+      }
+      await Promise.all(cluster.nodes.map((n) => waitForPing(n)));
+      await run('redis-cli', [
+        '--cluster',
+        'create',
+        ...ports.map((p) => `127.0.0.1:${p}`),
+        '--cluster-replicas',
+        String(replicas),
+        '--cluster-yes',
+      ]);
+      await cluster.waitHealthy();
+    } catch (err) {
+      const logs = cluster.nodes.map((n) => `--- node ${n.port} ---\n${n.log}`).join('\n');
+      await cluster.stop();
+      throw new Error(`Redis Cluster did not start: ${(err as Error).message}\n${logs}`, { cause: err });
+    }
+    return cluster;
+  }
+
+  /** The seed list, as REDIS_URL takes it with AQUEDUCT_REDIS_CLUSTER=true. */
+  get url(): string {
+    return this.nodes.map((n) => `redis://127.0.0.1:${n.port}`).join(',');
+  }
+
+  get ports(): number[] {
+    return this.nodes.map((n) => n.port);
+  }
+
+  /** A client for the test itself (offline queue on: it may be used before the first 'ready'). */
+  client(): Cluster {
+    const client = new Cluster(
+      this.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
+      { scaleReads: 'master', redisOptions: { maxRetriesPerRequest: 1 } },
+    );
+    client.on('error', () => undefined);
+    return client;
+  }
+
+  /** Until every node reports `cluster_state:ok` (slots assigned and agreed on by all). */
+  async waitHealthy(timeoutMs = 20_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    let last = '';
+    while (Date.now() < until) {
+      const states = await Promise.all(
+        this.nodes.map((n) =>
+          run('redis-cli', ['-p', String(n.port), 'cluster', 'info']).then(
+            ({ stdout }) => /cluster_state:(\w+)/.exec(stdout)?.[1] ?? '?',
+            (err: Error) => err.message,
+          ),
+        ),
+      );
+      last = states.join(', ');
+      if (states.every((s) => s === 'ok')) {
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`cluster_state not ok on every node within ${timeoutMs} ms: ${last}`);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.nodes.map(async (n) => {
+        if (n.child.exitCode === null && n.child.signalCode === null) {
+          n.child.kill('SIGKILL');
+        }
+        await n.exited;
+      }),
+    );
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function launchNode(dir: string, port: number): ClusterNode {
+  const child = spawn(
+    'redis-server',
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--cluster-enabled',
+      'yes',
+      '--cluster-config-file',
+      join(dir, `nodes-${port}.conf`),
+      '--dir',
+      dir,
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--logfile',
+      '',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const node: ClusterNode = {
+    port,
+    child,
+    exited: new Promise<void>((resolve) => child.once('exit', () => resolve())),
+    log: '',
+  };
+  const keep = (d: Buffer) => (node.log = (node.log + d.toString()).slice(-10_000));
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  // Never outlive the test process, even when it dies without cleaning up.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  void node.exited.then(() => process.off('exit', killOnExit));
+  return node;
+}
+
+async function waitForPing(node: ClusterNode, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (node.child.exitCode !== null) {
+      throw new Error(`redis-server on port ${node.port} exited at start`);
+    }
+    const pong = await run('redis-cli', ['-p', String(node.port), 'ping']).then(
+      ({ stdout }) => stdout.trim() === 'PONG',
+      () => false,
+    );
+    if (pong) {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`redis-server on port ${node.port} did not answer PING within ${timeoutMs} ms`);
+}
+
+/**
+ * Free ports whose cluster bus ports (port + 10000) are free and below 65536 too, never
+ * 6379 (the shared Redis), and distinct.
+ */
+async function distinctFreePorts(n: number): Promise<number[]> {
+  const ports = new Set<number>();
+  for (let tries = 0; ports.size < n; tries++) {
+    if (tries > 1_000) {
+      throw new Error('no free port pairs (port, port + 10000) for the cluster');
+    }
+    const port = await freePort();
+    const clashes = ports.has(port + 10_000) || ports.has(port - 10_000);
+    if (port !== 6379 && port + 10_000 < 65_536 && !clashes && (await isFree(port + 10_000))) {
+      ports.add(port);
+    }
+  }
+  return [...ports];
+}
+
+function isFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
