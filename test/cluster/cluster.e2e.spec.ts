@@ -50,6 +50,8 @@ describe('on a Redis Cluster', () => {
           // A capacity: its requests count turns (the per-model lease key of the admission script).
           simulatorDeployment('capped', 'echo', { max_parallel_requests: 4 }),
           simulatorDeployment('embed', 'echo', {}, { mode: 'embedding' }),
+          // One request at a time, slow to start: the second one waits past the orphan check.
+          simulatorDeployment('single', 'echo', { ttft_ms: 1_200, max_parallel_requests: 1 }),
         ),
       });
     } catch (err) {
@@ -166,6 +168,23 @@ describe('on a Redis Cluster', () => {
     // The CLI reads the same records.
     const { stdout } = await aqueduct('usage', '--token', tokenId, '--json');
     expect(JSON.parse(stdout)).toMatchObject({ requests: expected + 1 });
+  });
+
+  // A job that waited is checked for a live gateway (its inbox's subscribers) before it runs:
+  // on a cluster the inbox is a sharded channel, which only the node owning its slot counts.
+  it('runs a job that waited for capacity past the orphan check: its gateway is found listening', async () => {
+    const ask = (prompt: string) =>
+      client.completions.create({ model: 'single', prompt, max_tokens: 4 }).withResponse();
+    const started = Date.now();
+    const [first, second] = await Promise.all([ask('first in line'), ask('second in line')]);
+    // Two runs of 1.2 s one after the other; a job dropped as orphaned would be answered much later.
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect([first.data.choices[0]?.text.trim(), second.data.choices[0]?.text.trim()].sort()).toEqual([
+      'first in line',
+      'second in line',
+    ]);
+    const waited = [first, second].map((r) => Number(r.response.headers.get('x-aqueduct-queue-ms')));
+    expect(Math.max(...waited)).toBeGreaterThanOrEqual(1_000);
   });
 });
 

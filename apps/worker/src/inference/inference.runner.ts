@@ -15,7 +15,7 @@ import {
   RelayLostError,
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
-import { inboxPublisher, type RedisClient } from '@app/common';
+import { inboxPublisher, inboxSubscribers, type RedisClient } from '@app/common';
 import { BackendError } from '../backends/backend.error';
 import { BackendRegistry } from '../backends/backend.registry';
 import type { BackendRequest } from '../backends/llm-backend';
@@ -174,8 +174,7 @@ export class InferenceRunner {
       return false;
     }
     try {
-      const reply = (await this.redis.call('PUBSUB', 'NUMSUB', data.replyTo)) as [string, number];
-      return Number(reply[1]) === 0;
+      return (await inboxSubscribers(this.redis, data.replyTo)) === 0;
     } catch {
       return false; // cannot tell: run it, as before scheduling existed
     }

@@ -1,5 +1,9 @@
+import { createRequire } from 'node:module';
 import { Cluster } from 'ioredis';
 import type { RedisClient } from './redis-factory';
+
+/** ioredis' own slot function (its `cluster-key-slot` dependency): the slot it routes a key to. */
+const calculateSlot = createRequire(__filename)('cluster-key-slot') as (key: string) => number;
 
 /**
  * How relay messages reach a gateway's inbox channel: classic pub/sub on one Redis, sharded
@@ -39,4 +43,24 @@ export function subscribeInbox(
   }
   client.on('message', (_channel: string, raw: string) => onMessage(raw));
   return client.subscribe(channel);
+}
+
+/**
+ * How many gateways listen on an inbox now: `PUBSUB NUMSUB` on one Redis. On a cluster the
+ * inbox is a sharded channel, which only the node owning its slot knows about (NUMSUB
+ * anywhere would say 0, and a worker would drop a live gateway's job as orphaned): there it
+ * is `PUBSUB SHARDNUMSUB`, asked of that node.
+ */
+export async function inboxSubscribers(client: RedisClient, channel: string): Promise<number> {
+  if (!(client instanceof Cluster)) {
+    const reply = (await client.call('PUBSUB', 'NUMSUB', channel)) as [string, number];
+    return Number(reply[1]);
+  }
+  const owner = client.slots[calculateSlot(channel)]?.[0];
+  const node = client.nodes('master').find((n) => `${n.options.host}:${n.options.port}` === owner);
+  if (node === undefined) {
+    throw new Error(`no node owns the slot of ${channel} right now`);
+  }
+  const reply = (await node.call('PUBSUB', 'SHARDNUMSUB', channel)) as [string, number];
+  return Number(reply[1]);
 }
