@@ -29,15 +29,21 @@ export class RedisCluster {
     private readonly nodes: ClusterNode[],
   ) {}
 
-  static async start(opts: { masters?: number; replicas?: 0 | 1 } = {}): Promise<RedisCluster> {
+  /**
+   * `nodeTimeoutMs`: how long a node may be unreachable before the others mark it failed and
+   * its replica takes over (redis.conf's cluster-node-timeout, 15 s by default: a failover
+   * test sets it short).
+   */
+  static async start(opts: { masters?: number; replicas?: 0 | 1; nodeTimeoutMs?: number } = {}): Promise<RedisCluster> {
     const masters = opts.masters ?? 3;
     const replicas = opts.replicas ?? 0;
+    const nodeTimeoutMs = opts.nodeTimeoutMs ?? 15_000;
     const dir = mkdtempSync(join(tmpdir(), 'aqueduct-cluster-'));
     const cluster = new RedisCluster(dir, []);
     try {
       const ports = await distinctFreePorts(masters * (1 + replicas));
       for (const port of ports) {
-        cluster.nodes.push(launchNode(dir, port));
+        cluster.nodes.push(launchNode(dir, port, nodeTimeoutMs));
       }
       await Promise.all(cluster.nodes.map((n) => waitForPing(n)));
       await run('redis-cli', [
@@ -49,6 +55,9 @@ export class RedisCluster {
         '--cluster-yes',
       ]);
       await cluster.waitHealthy();
+      if (replicas > 0) {
+        await cluster.waitReplicasInSync();
+      }
     } catch (err) {
       const logs = cluster.nodes.map((n) => `--- node ${n.port} ---\n${n.log}`).join('\n');
       await cluster.stop();
@@ -98,6 +107,52 @@ export class RedisCluster {
     throw new Error(`cluster_state not ok on every node within ${timeoutMs} ms: ${last}`);
   }
 
+  /** Until every replica's link to its master is up (a replica that never synced cannot take over). */
+  async waitReplicasInSync(timeoutMs = 20_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const infos = await Promise.all(
+        this.nodes.map((n) => run('redis-cli', ['-p', String(n.port), 'info', 'replication']).then((r) => r.stdout)),
+      );
+      if (infos.every((i) => i.includes('role:master') || i.includes('master_link_status:up'))) {
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`replicas not in sync within ${timeoutMs} ms`);
+  }
+
+  /** The port of the master that serves `key`'s slot now. */
+  async masterOf(key: string): Promise<number> {
+    const alive = this.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null);
+    const port = String(alive?.port ?? 0);
+    const slot = Number((await run('redis-cli', ['-p', port, 'cluster', 'keyslot', key])).stdout.trim());
+    const { stdout } = await run('redis-cli', ['-p', port, 'cluster', 'nodes']);
+    for (const line of stdout.trim().split('\n')) {
+      const [, address = '', flags = '', , , , , , ...ranges] = line.split(' ');
+      if (!flags.includes('master') || flags.includes('fail')) {
+        continue;
+      }
+      for (const range of ranges) {
+        const [from, to = from] = range.split('-').map(Number);
+        if (from !== undefined && to !== undefined && slot >= from && slot <= to) {
+          return Number(address.split(':')[1]?.split('@')[0]);
+        }
+      }
+    }
+    throw new Error(`no master serves slot ${slot}`);
+  }
+
+  /** Kills one node at once (SIGKILL: no goodbye to the cluster, as a crashed host). */
+  async kill(port: number): Promise<void> {
+    const node = this.nodes.find((n) => n.port === port);
+    if (node === undefined) {
+      throw new Error(`no node on port ${port}`);
+    }
+    node.child.kill('SIGKILL');
+    await node.exited;
+  }
+
   async stop(): Promise<void> {
     await Promise.all(
       this.nodes.map(async (n) => {
@@ -111,7 +166,7 @@ export class RedisCluster {
   }
 }
 
-function launchNode(dir: string, port: number): ClusterNode {
+function launchNode(dir: string, port: number, nodeTimeoutMs: number): ClusterNode {
   const child = spawn(
     'redis-server',
     [
@@ -123,6 +178,8 @@ function launchNode(dir: string, port: number): ClusterNode {
       'yes',
       '--cluster-config-file',
       join(dir, `nodes-${port}.conf`),
+      '--cluster-node-timeout',
+      String(nodeTimeoutMs),
       '--dir',
       dir,
       '--save',

@@ -1,5 +1,5 @@
-import { AppConfig, claimTtlMs, Clock, UsageStore, type UsageRecord, type UsageWrite } from '@app/common';
-import { Injectable, Logger, Optional } from '@nestjs/common';
+import { AppConfig, claimTtlMs, Clock, sleep, UsageStore, type UsageRecord, type UsageWrite } from '@app/common';
+import { type BeforeApplicationShutdown, Injectable, Logger, Optional } from '@nestjs/common';
 import type { RedisClient } from '@app/common';
 import { WorkerMetrics } from '../observability/worker-metrics';
 import { InjectPublisher } from '../tokens';
@@ -7,6 +7,13 @@ import { WorkerIdentity } from '../worker-identity';
 
 /** Records per script call: a batch runs in Redis for well under a millisecond. */
 const MAX_BATCH = 64;
+/**
+ * How long a record that Redis refused is tried again. Its client may already have the whole
+ * answer, so a write lost now is a completed request without a record: a Redis Cluster
+ * promotes a replica within a few seconds of losing a master (measured: about 3 s with a 1 s
+ * node timeout), a restarted Redis comes back as quickly.
+ */
+const RETRY_FOR_MS = 10_000;
 
 interface Pending {
   write: UsageWrite;
@@ -22,11 +29,13 @@ interface Pending {
  * the text).
  */
 @Injectable()
-export class WorkerUsageService {
+export class WorkerUsageService implements BeforeApplicationShutdown {
   private readonly logger = new Logger(WorkerUsageService.name);
   private readonly store: UsageStore;
   private readonly owner: string;
   private pending: Pending[] = [];
+  /** Set at shutdown: a record Redis refuses then is given up at once (the process is leaving). */
+  private closing = false;
 
   constructor(
     config: AppConfig,
@@ -46,21 +55,41 @@ export class WorkerUsageService {
    */
   async record(r: UsageRecord, deadline: number): Promise<void> {
     this.observe(r);
-    const claim = { owner: this.owner, ttlMs: claimTtlMs(deadline, this.clock.now()) };
-    const written = await new Promise<boolean | Error>((done) => {
+    const giveUpAt = this.clock.now() + RETRY_FOR_MS;
+    for (let attempt = 0; ; attempt++) {
+      const claim = { owner: this.owner, ttlMs: claimTtlMs(deadline, this.clock.now()) };
+      const written = await this.write({ record: r, countTowardsLimits: true, claim });
+      if (written === true) {
+        return;
+      }
+      if (written === false) {
+        // Also after a retry whose first try did reach Redis: its own claim then stopped a duplicate.
+        this.logger.warn({
+          msg: `usage of ${r.rid} was already recorded (claim taken); not recorded again`,
+          rid: r.rid,
+        });
+        return;
+      }
+      if (this.closing || this.clock.now() >= giveUpAt) {
+        this.logger.warn(`usage of ${r.rid} not recorded: ${written.message}`);
+        return;
+      }
+      await sleep(Math.min(1_000, 100 * 2 ** attempt));
+    }
+  }
+
+  beforeApplicationShutdown(): void {
+    this.closing = true;
+  }
+
+  /** Joins this turn's batch (see flush). */
+  private write(write: UsageWrite): Promise<boolean | Error> {
+    return new Promise((done) => {
       if (this.pending.length === 0) {
         setImmediate(() => this.flush());
       }
-      this.pending.push({ write: { record: r, countTowardsLimits: true, claim }, done });
+      this.pending.push({ write, done });
     });
-    if (written instanceof Error) {
-      this.logger.warn(`usage of ${r.rid} not recorded: ${written.message}`);
-    } else if (!written) {
-      this.logger.warn({
-        msg: `usage of ${r.rid} was already recorded by its gateway; not recorded again`,
-        rid: r.rid,
-      });
-    }
   }
 
   /** Writes the records of this turn, at most MAX_BATCH per script call. */
