@@ -40,7 +40,7 @@ interface RoleOptions {
   enableOfflineQueue?: boolean;
   maxRetriesPerRequest: number | null;
   enableAutoPipelining?: boolean;
-  /** One socket write per turn (coalesce-writes.ts) for connections that carry many small commands. */
+  /** One socket write per callback (coalesce-writes.ts) for connections that carry many small commands. */
   coalesce: boolean;
 }
 

@@ -28,7 +28,7 @@ export class ModelQueues implements OnApplicationShutdown {
   ) {
     // A producer (gateway) must fail fast while Redis is down, so requests get 503 at once; a
     // consumer (worker) blocks on Redis. Both coalesce writes: BullMQ's scripts for many jobs
-    // leave in one write per turn (coalesce-writes.ts). On a cluster BullMQ takes the Cluster
+    // leave in one write per callback (coalesce-writes.ts). On a cluster BullMQ takes the Cluster
     // itself: each queue's keys share its model's hash tag (see modelQueueName).
     this.connection = connectRedis(config.env, role === 'producer' ? 'queue-producer' : 'queue-consumer');
     // BullMQ attaches its own listeners to the shared connection; one per queue is expected.
