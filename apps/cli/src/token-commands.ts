@@ -1,11 +1,6 @@
-import {
-  parseDurationSeconds,
-  TOKEN_PRIORITIES,
-  tokenState,
-  type TokenPriority,
-  type TokenRecord,
-  type TokenStore,
-} from '@app/common';
+import { parseDurationSeconds } from '@app/common/config/duration';
+import { TOKEN_PRIORITIES, tokenState, type TokenPriority, type TokenRecord } from '@app/common/tokens/token-record';
+import type { TokenStore } from '@app/common/tokens/token-store';
 import { type Command, InvalidArgumentError } from 'commander';
 
 type Print = (line: string) => void;

@@ -1,4 +1,6 @@
-import { parseDurationSeconds, type UsageStore, type UsageTotals } from '@app/common';
+import { parseDurationSeconds } from '@app/common/config/duration';
+import type { UsageTotals } from '@app/common/usage/usage-record';
+import type { UsageStore } from '@app/common/usage/usage-store';
 import { type Command, InvalidArgumentError } from 'commander';
 
 type Print = (line: string) => void;
