@@ -7,6 +7,11 @@ import tseslint from 'typescript-eslint';
 const TS_FILES = ['**/*.ts', '**/*.mts', '**/*.cts'];
 const JS_FILES = ['**/*.js', '**/*.mjs', '**/*.cjs'];
 const TEST_FILES = ['**/*.spec.ts', '**/*.e2e-spec.ts', 'test/**', 'bench/**', 'scripts/**'];
+/** Every app, the CLI included, reaches libs/ through the `@app/common` alias, never a relative path. */
+const NO_RELATIVE_LIBS = {
+  group: ['../**/libs', '../**/libs/**', '/libs', '/libs/**'],
+  message: "Apps must import the shared library as '@app/common', not by a relative path into libs/.",
+};
 
 export default defineConfig(
   globalIgnores(['dist/', 'node_modules/', 'coverage/', '**/*.d.ts'], 'aqueduct/ignores'),
@@ -92,10 +97,7 @@ export default defineConfig(
         'error',
         {
           patterns: [
-            {
-              group: ['../**/libs', '../**/libs/**', '/libs', '/libs/**'],
-              message: "Apps must import the shared library as '@app/common', not by a relative path into libs/.",
-            },
+            NO_RELATIVE_LIBS,
             {
               group: ['@app/common/*', '@app/common/**'],
               message: "Import from '@app/common' (its public index), not from a path inside it.",
@@ -106,7 +108,6 @@ export default defineConfig(
     },
   },
 
-  // The shared library must not depend on an app.
   {
     // The CLI is a short-lived process whose cold start is its latency: the '@app/common' index
     // loads Nest, BullMQ and both apps' wiring (616 ms measured), the CLI's own modules 308 ms.
@@ -117,16 +118,12 @@ export default defineConfig(
       'no-restricted-imports': [
         'error',
         {
-          patterns: [
-            {
-              group: ['../**/libs', '../**/libs/**', '/libs', '/libs/**'],
-              message: "Apps must import the shared library as '@app/common', not by a relative path into libs/.",
-            },
-          ],
+          patterns: [NO_RELATIVE_LIBS],
         },
       ],
     },
   },
+  // The shared library must not depend on an app.
   {
     name: 'aqueduct/libs-imports',
     files: ['libs/**'],
