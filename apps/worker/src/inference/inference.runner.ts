@@ -10,12 +10,14 @@ import {
   DeadlineError,
   type Deployment,
   FairShare,
+  inboxPublisher,
+  inboxSubscribers,
   type ModelEntry,
   OPERATIONS,
+  type RedisClient,
   RelayLostError,
 } from '@app/common';
 import { Injectable, Logger } from '@nestjs/common';
-import { inboxPublisher, inboxSubscribers, type RedisClient } from '@app/common';
 import { BackendError } from '../backends/backend.error';
 import { BackendRegistry } from '../backends/backend.registry';
 import type { BackendRequest } from '../backends/llm-backend';
@@ -78,7 +80,7 @@ export class InferenceRunner {
     const out = new RelayPublisher(sink, data.replyTo, data.rid, data.att, (why) =>
       abort?.abort(new RelayLostError(why)),
     );
-    // Claim and `start` leave in one socket write (auto-pipelining); if the gateway had
+    // The claim and `start` are sent without waiting for each other; if the gateway had
     // already withdrawn the job, its session is gone and drops the `start`.
     const claimed = this.claim(data);
     if (data.fair !== undefined) {
