@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { Cluster } from 'ioredis';
 import type { RedisClient } from '@app/common';
 
 /** Clock ticks per second for /proc/<pid>/stat; 100 on virtually every Linux, asked anyway. */
@@ -26,11 +27,16 @@ export function processCpuMs(pid: number): number {
   return ((utime + stime) * 1000) / CLK_TCK;
 }
 
-/** Redis server CPU (main process, user + system) so far, in ms, from `INFO cpu`. */
+/** Redis server CPU (main process, user + system) so far, in ms, from `INFO cpu`; on a cluster, every master's. */
 export async function redisCpuMs(redis: RedisClient): Promise<number> {
-  const info = await redis.info('cpu');
-  const field = (name: string) => Number(new RegExp(`^${name}:([0-9.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
-  return (field('used_cpu_sys') + field('used_cpu_user')) * 1000;
+  const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis];
+  const infos = await Promise.all(nodes.map((node) => node.info('cpu')));
+  let ms = 0;
+  for (const info of infos) {
+    const field = (name: string) => Number(new RegExp(`^${name}:([0-9.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
+    ms += (field('used_cpu_sys') + field('used_cpu_user')) * 1000;
+  }
+  return ms;
 }
 
 export interface CpuSnapshot {

@@ -88,6 +88,11 @@ export interface FakeUpstreamOptions {
   record?: boolean;
   /** Listen backlog (Node's default 511 overflows when thousands of streams connect at once). */
   backlog?: number;
+  /**
+   * A model server's fixed capacity (vLLM's `--max-num-seqs`): at most this many requests are
+   * served at once, the others wait in arrival order until one ends. Unlimited when unset.
+   */
+  maxParallel?: number;
 }
 
 const SSE_HEADERS = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' };
@@ -99,12 +104,17 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   let inFlight = 0;
   let maxInFlight = 0;
   let nextId = 0;
+  const capacity = new Capacity(opts.maxParallel ?? Infinity);
 
   const server = createServer({ noDelay: true }, (req, res) => {
+    void capacity.take(res).then(() => serve(req, res));
+  });
+  const serve = (req: IncomingMessage, res: ServerResponse) => {
     inFlight += 1;
     maxInFlight = Math.max(maxInFlight, inFlight);
     res.once('close', () => {
       inFlight -= 1;
+      capacity.give();
     });
     void readJson(req)
       .then((body) => {
@@ -119,7 +129,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
         return route(req, res, body, nextId++);
       })
       .catch(() => res.destroy());
-  });
+  };
   // Longer than undici's keep-alive so the client, not the server, decides when to close.
   server.keepAliveTimeout = 65_000;
 
@@ -141,6 +151,36 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
         server.closeAllConnections();
       }),
   };
+}
+
+/** Slots of a fixed-capacity server; a request whose client left while it waited gives up its turn. */
+class Capacity {
+  private free: number;
+  private readonly waiting: { res: ServerResponse; go: () => void }[] = [];
+
+  constructor(slots: number) {
+    this.free = slots;
+  }
+
+  take(res: ServerResponse): Promise<void> {
+    if (this.free > 0) {
+      this.free -= 1;
+      return Promise.resolve();
+    }
+    return new Promise((go) => this.waiting.push({ res, go }));
+  }
+
+  give(): void {
+    let next = this.waiting.shift();
+    while (next !== undefined && next.res.destroyed) {
+      next = this.waiting.shift();
+    }
+    if (next === undefined) {
+      this.free += 1;
+    } else {
+      next.go();
+    }
+  }
 }
 
 type Operation = 'completion' | 'chat' | 'embedding';

@@ -4,6 +4,7 @@ import {
   type CompletionJobResult,
   ConnectionStateLog,
   endBullmq,
+  modelCapacity,
   ModelQueues,
   modelQueueName,
   redisUsable,
@@ -11,10 +12,11 @@ import {
   trackBullmq,
 } from '@app/common';
 import { type BeforeApplicationShutdown, Injectable, Logger, type OnApplicationBootstrap } from '@nestjs/common';
-import { type Job, Worker } from 'bullmq';
+import type { Job, Worker } from 'bullmq';
 import { CancellationRegistry } from '../control/cancellation.registry';
 import { HeartbeatService } from '../control/heartbeat.service';
 import { InferenceRunner } from './inference.runner';
+import { ModelWorker } from './model.worker';
 
 /** After the grace period, how long cancelled jobs get to end (error event, usage record). */
 const CANCELLED_SETTLE_MS = 600;
@@ -31,16 +33,24 @@ type InferenceJob = Job<CompletionJobData, CompletionJobResult>;
  * `maxStalledCount: 0`: a job whose worker died is failed, never replayed by BullMQ,
  * because a replayed stream would duplicate tokens; the gateway alone decides retries.
  *
- * WORKER_CONCURRENCY bounds the jobs of the whole process: each Worker may take that many,
- * and once the process runs that many in all, every Worker pauses fetching until one ends.
- * A fetch already blocked in Redis when they pause may still bring one job each, so the
- * bound can be passed by at most one job per model for a moment.
+ * WORKER_CONCURRENCY bounds the jobs of the whole process, not of each Worker. BullMQ fetches
+ * a Worker's jobs one after another, up to its `concurrency`, before it starts any of them, so
+ * a Worker left at WORKER_CONCURRENCY would take that many on its own during a burst (one
+ * process ran 13 jobs at WORKER_CONCURRENCY 4 with 4 models). Each Worker's concurrency is
+ * therefore its running jobs plus its share of the process's free slots (rounded up, never
+ * above WORKER_CONCURRENCY), set again whenever a job starts or ends; once the process runs
+ * that many in all, every Worker pauses fetching until one ends. A fetch already blocked in
+ * Redis when they pause, and the rounding, may still bring one job per model more for a
+ * moment: the bound is WORKER_CONCURRENCY plus at most one job per model (one model alone
+ * never passes WORKER_CONCURRENCY).
  */
 @Injectable()
 export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(InferenceProcessor.name);
   private readonly connection = ConnectionStateLog.for('queue');
   private readonly workers: Worker<CompletionJobData, CompletionJobResult>[] = [];
+  /** Jobs running, per Worker (its queue's name) and in all. */
+  private readonly running = new Map<string, number>();
   private active = 0;
   private paused = false;
   private closing = false;
@@ -52,16 +62,25 @@ export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplica
     private readonly heartbeat: HeartbeatService,
     private readonly cancellations: CancellationRegistry,
   ) {
+    // Idle, every Worker's share of the free slots (see the class comment).
+    const share = Math.ceil(config.env.WORKER_CONCURRENCY / Math.max(1, config.router.models.length));
     // Created here, not at bootstrap: a worker that boots without Redis already sees errors,
     // and BullMQ's 'error' must have a listener before then or Node would crash.
     for (const model of config.router.models) {
-      const worker = new Worker<CompletionJobData, CompletionJobResult>(
+      const freed =
+        modelCapacity(model) === undefined
+          ? undefined
+          : () =>
+              void queues
+                .wake(model.name)
+                .catch((err: Error) => this.logger.warn(`could not wake ${model.name}: ${err.message}`));
+      const worker = new ModelWorker(
         modelQueueName(model.name),
-        (job) => this.process(job),
+        (job) => this.process(modelQueueName(model.name), job),
         {
           connection: queues.connection,
           prefix: config.names.bullPrefix,
-          concurrency: config.env.WORKER_CONCURRENCY,
+          concurrency: share,
           maxStalledCount: 0,
           // A dead worker's jobs count against their model's capacity (the queue's global
           // concurrency) until BullMQ finds them stalled: within a lock duration plus a check
@@ -70,6 +89,7 @@ export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplica
           stalledInterval: Math.max(100, Math.floor(config.env.AQUEDUCT_SLOT_LEASE_MS / 3)),
           autorun: false,
         },
+        freed,
       );
       worker.on('error', (err) => this.connection.error(err, worker));
       worker.on('failed', (job, err) => {
@@ -95,19 +115,37 @@ export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplica
     }
   }
 
-  private async process(job: InferenceJob): Promise<CompletionJobResult> {
-    this.active += 1;
-    if (this.active >= this.config.env.WORKER_CONCURRENCY && this.workers.length > 1) {
-      this.setPaused(true);
-    }
+  private async process(queue: string, job: InferenceJob): Promise<CompletionJobResult> {
+    this.count(queue, 1);
     try {
       const queueMs = job.processedOn === undefined ? 0 : Math.max(0, job.processedOn - job.timestamp);
       return await this.runner.run(job.data, queueMs);
     } finally {
-      this.active -= 1;
-      if (this.paused && this.active < this.config.env.WORKER_CONCURRENCY) {
-        this.setPaused(false);
-      }
+      this.count(queue, -1);
+    }
+  }
+
+  /** A job of `queue` started (+1) or ended (-1): shares the free slots out again (see the class comment). */
+  private count(queue: string, delta: 1 | -1): void {
+    this.running.set(queue, (this.running.get(queue) ?? 0) + delta);
+    this.active += delta;
+    if (this.workers.length === 1) {
+      return; // one Worker: its own concurrency is the process's bound
+    }
+    const bound = this.config.env.WORKER_CONCURRENCY;
+    const free = bound - this.active;
+    const share = Math.max(1, Math.ceil(free / this.workers.length));
+    for (const worker of this.workers) {
+      // The Worker whose job just ended keeps room for the one BullMQ fetches in the same
+      // script as it finishes that job, which is how a model at its capacity hands its freed
+      // slot to the next request in line.
+      const finishing = delta === -1 && worker.name === queue ? 1 : 0;
+      worker.concurrency = Math.min(bound, (this.running.get(worker.name) ?? 0) + finishing + share);
+    }
+    if (free <= 0 && !this.paused) {
+      this.setPaused(true);
+    } else if (free > 0 && this.paused) {
+      this.setPaused(false);
     }
   }
 

@@ -12,6 +12,20 @@ export type InferenceQueue = Queue<CompletionJobData, CompletionJobResult>;
 export type QueueRole = 'producer' | 'consumer';
 
 /**
+ * BullMQ's marker (what a Worker blocked on the queue waits for), set when a job waits: the
+ * wait list and the prioritized set hold the queue's waiting jobs. Marker score 0 means
+ * "a job is ready now", as BullMQ's own scripts set it. All three keys share the queue's tag.
+ */
+const WAKE_LUA = `
+if redis.call('LLEN', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[2]) > 0 then
+  redis.call('ZADD', KEYS[3], 0, '0')
+  return 1
+end
+return 0
+`;
+type WakeCommand = (wait: string, prioritized: string, marker: string) => Promise<number>;
+
+/**
  * One BullMQ queue per model of the router config (see {@link modelQueueName}), all on one
  * shared connection: a model's waiting requests are its queue's jobs, and its capacity is
  * the queue's global concurrency. Idle queues cost nothing (no polling, no connection).
@@ -21,6 +35,7 @@ export class ModelQueues implements OnApplicationShutdown {
   /** The connection every queue of this process shares (workers' blocking fetches have their own). */
   readonly connection: RedisClient;
   private readonly byModel = new Map<string, InferenceQueue>();
+  private readonly wakeCmd: WakeCommand;
 
   constructor(
     private readonly config: AppConfig,
@@ -43,6 +58,9 @@ export class ModelQueues implements OnApplicationShutdown {
       watchBullmq(queue, 'queue');
       this.byModel.set(model.name, queue);
     }
+    this.connection.defineCommand('aqueductWakeQueue', { numberOfKeys: 3, lua: WAKE_LUA });
+    const commands = this.connection as unknown as { aqueductWakeQueue: WakeCommand };
+    this.wakeCmd = commands.aqueductWakeQueue.bind(this.connection);
     const first = this.byModel.values().next().value;
     if (first !== undefined) {
       trackBullmq(first); // they share one connection: closing one closes it for all
@@ -76,6 +94,16 @@ export class ModelQueues implements OnApplicationShutdown {
         return capacity === undefined ? queue.removeGlobalConcurrency() : queue.setGlobalConcurrency(capacity);
       }),
     );
+  }
+
+  /**
+   * Wakes a Worker blocked on the model's queue when requests wait in it: for a slot of the
+   * model's capacity that was freed without being handed on (the worker's model.worker.ts).
+   * True when one was waiting.
+   */
+  async wake(model: string): Promise<boolean> {
+    const queue = this.for(model);
+    return (await this.wakeCmd(queue.toKey('wait'), queue.toKey('prioritized'), queue.toKey('marker'))) === 1;
   }
 
   async onApplicationShutdown(): Promise<void> {
