@@ -33,6 +33,10 @@ interface Service {
   ports?: unknown[];
   container_name?: string;
   init?: boolean;
+  profiles?: string[];
+  volumes?: unknown[];
+  expose?: unknown[];
+  restart?: string;
 }
 
 /** A published port as compose resolved it (short string or long form): host address and port, container port. */
@@ -63,9 +67,10 @@ function envFile(lines: Record<string, string>): string {
   return file;
 }
 
-function composeConfig(env: Record<string, string>): ReturnType<typeof spawnSync> {
+/** `docker-compose config`; `options` go before `config` (e.g. `--profile cluster`). */
+function composeConfig(env: Record<string, string>, options: string[] = []): ReturnType<typeof spawnSync> {
   const [cmd, ...args] = compose as string[];
-  return spawnSync(cmd as string, [...args, '-f', join(ROOT, 'docker-compose.yml'), 'config'], {
+  return spawnSync(cmd as string, [...args, '-f', join(ROOT, 'docker-compose.yml'), ...options, 'config'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', ...env },
     encoding: 'utf8',
@@ -77,7 +82,10 @@ describe('deployment files', () => {
     const run = composeConfig({ REDIS_PASSWORD });
     expect(run.status, String(run.stderr)).toBe(0);
     const { services } = parse(String(run.stdout)) as { services: Record<string, Service> };
-    expect(Object.keys(services).sort()).toEqual(['gateway', 'redis', 'worker']);
+    // What `docker compose up` starts. (Debian's 1.29 lists the services of every profile too;
+    // the plugin only those of the profiles enabled.)
+    const started = Object.keys(services).filter((name) => services[name]?.profiles === undefined);
+    expect(started.sort()).toEqual(['gateway', 'redis', 'worker']);
 
     const redis = (services.redis?.command ?? []).join(' ');
     expect(redis).toMatch(/--appendonly yes/);
@@ -111,6 +119,92 @@ describe('deployment files', () => {
     expect(services.worker?.ports).toBeUndefined();
     expect(services.worker?.container_name).toBeUndefined();
   });
+
+  it.skipIf(compose === undefined)(
+    'the cluster profile runs gateway and workers on a three-master Redis Cluster, next to the unchanged default',
+    () => {
+      const run = composeConfig({ REDIS_PASSWORD }, ['--profile', 'cluster']);
+      expect(run.status, String(run.stderr)).toBe(0);
+      const { services } = parse(String(run.stdout)) as { services: Record<string, Service> };
+      const nodes = ['redis-cluster-1', 'redis-cluster-2', 'redis-cluster-3'];
+      const cluster = [...nodes, 'redis-cluster-init', 'gateway-cluster', 'worker-cluster'];
+      for (const name of cluster) {
+        expect(services[name]?.profiles, name).toEqual(['cluster']);
+      }
+      // The default services are the ones the first test checks, in no profile.
+      for (const name of ['redis', 'gateway', 'worker']) {
+        expect(services[name]?.profiles, name).toBeUndefined();
+      }
+      expect(services.gateway?.environment?.REDIS_URL).toBe(`redis://:${REDIS_PASSWORD}@redis:6379`);
+      expect(services.gateway?.environment?.AQUEDUCT_REDIS_CLUSTER).toBeUndefined();
+
+      const standalone = (services.redis?.command ?? []).join(' ');
+      const volumes = new Set<string>();
+      for (const name of nodes) {
+        const node = services[name] as Service;
+        const command = (node.command ?? []).join(' ');
+        // The standalone Redis's settings, every one of them, and the cluster's on top.
+        expect(command.startsWith(standalone), `${name}: ${command}`).toBe(true);
+        expect(command).toContain(`--masterauth ${REDIS_PASSWORD}`);
+        expect(command).toContain('--cluster-enabled yes');
+        expect(command).toContain(`--cluster-announce-hostname ${name}`);
+        expect(command).toContain('--cluster-preferred-endpoint-type hostname');
+        expect(node.image, name).toBe(services.redis?.image);
+        expect(node.ports, `${name}: no host port`).toBeUndefined();
+        expect(node.healthcheck?.test.join(' '), name).toContain('redis-cli ping');
+        expect(node.environment?.REDISCLI_AUTH, name).toBe(REDIS_PASSWORD);
+        // Short form (1.29: "name:/data:rw") or long form (the plugin: source and target).
+        const data = (node.volumes ?? []).map((v) => {
+          if (typeof v === 'string') {
+            const [source, target] = v.split(':');
+            return { source, target };
+          }
+          return v as { source?: string; target?: string };
+        });
+        expect(
+          data.map((v) => v.target),
+          name,
+        ).toEqual(['/data']);
+        volumes.add(String(data[0]?.source));
+      }
+      expect(volumes.size, 'a data volume per node, none shared with the standalone Redis').toBe(3);
+      expect(volumes.has('redis-data')).toBe(false);
+
+      // The one-shot init: after every node is up, with their names and the password; run once per `up`.
+      const init = services['redis-cluster-init'] as Service;
+      expect(init.image).toBe(services.redis?.image);
+      expect(init.restart).toBe('no');
+      expect(init.ports).toBeUndefined();
+      expect(init.environment?.REDISCLI_AUTH).toBe(REDIS_PASSWORD);
+      expect(init.environment?.REDIS_CLUSTER_NODES).toBe(nodes.map((n) => `${n}:6379`).join(' '));
+      for (const name of nodes) {
+        expect(init.depends_on?.[name]?.condition, name).toBe('service_healthy');
+      }
+      const script = readFileSync(join(ROOT, 'deploy/redis-cluster-init.sh'), 'utf8');
+      expect(script).toContain('redis-cli --cluster create');
+      expect(script).toContain('--cluster-yes');
+      expect(script, 'skips the create once the nodes know each other').toMatch(/cluster_known_nodes/);
+
+      const seeds = nodes.map((n) => `redis://:${REDIS_PASSWORD}@${n}:6379`).join(',');
+      for (const name of ['gateway', 'worker']) {
+        const base = services[name] as Service;
+        const s = services[`${name}-cluster`] as Service;
+        expect(s.environment?.AQUEDUCT_REDIS_CLUSTER, name).toBe('true');
+        expect(s.environment?.REDIS_URL, name).toBe(seeds);
+        // Starts once the cluster is whole; never waits for (so never starts) the standalone Redis.
+        expect(s.depends_on, name).toEqual({ 'redis-cluster-init': { condition: 'service_completed_successfully' } });
+        // Otherwise the same service: command, healthcheck, grace period, published ports.
+        const { REDIS_URL: _u, AQUEDUCT_REDIS_CLUSTER: _c, ...env } = s.environment ?? {};
+        const { REDIS_URL: _b, ...baseEnv } = base.environment ?? {};
+        expect(env, name).toEqual(baseEnv);
+        expect(s.command, name).toEqual(base.command);
+        expect(s.healthcheck, name).toEqual(base.healthcheck);
+        expect(s.stop_grace_period, name).toBe(base.stop_grace_period);
+        expect(s.ports, name).toEqual(base.ports);
+      }
+      expect(services['worker-cluster']?.container_name).toBeUndefined();
+    },
+  );
 
   it.skipIf(compose === undefined)('docker-compose.yml refuses to start without REDIS_PASSWORD', () => {
     const run = composeConfig({});
