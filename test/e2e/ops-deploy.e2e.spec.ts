@@ -307,13 +307,19 @@ describe('deployment files', () => {
     expect(JSON.parse(entrypoint ?? 'null')).toEqual(['/usr/bin/tini', '-s', '--']);
     expect(runtime).toMatch(/apt-get install -y --no-install-recommends tini/);
     expect(runtime).toMatch(/NODE_OPTIONS="[^"]*--max-semi-space-size=\d+/);
+    // --heap-growing-percent is not allowed in NODE_OPTIONS: a preload in the image sets it.
+    expect(runtime).toMatch(/NODE_OPTIONS="[^"]*--require=\/app\/scripts\/heap-growing\.js/);
+    expect(runtime).toMatch(/^COPY scripts\/heap-growing\.js \.\/scripts\/$/m);
+    expect(readFileSync(join(ROOT, 'scripts/heap-growing.js'), 'utf8')).toMatch(
+      /setFlagsFromString\('--heap-growing-percent=\d+'\)/,
+    );
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
       engines: { node: string };
       scripts: Record<string, string>;
     };
     expect(pkg.engines.node).toBe('>=24');
     for (const script of ['start:gateway', 'start:worker']) {
-      expect(pkg.scripts[script], script).toMatch(/^node .*--max-semi-space-size=\d+/);
+      expect(pkg.scripts[script], script).toMatch(/^node .*--max-semi-space-size=\d+ --heap-growing-percent=\d+ /);
     }
   });
 });

@@ -241,7 +241,9 @@ function dockerRuntime(): { env: Record<string, string>; entrypoint: string[]; c
   for (const line of runtime.match(/^ENV .+$/gm) ?? []) {
     for (const m of line.slice(4).matchAll(/([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
       const value = m[2] ?? '';
-      env[m[1] as string] = value.startsWith('"') ? (JSON.parse(value) as string) : value;
+      const v = value.startsWith('"') ? (JSON.parse(value) as string) : value;
+      // WORKDIR /app is the tree here (NODE_OPTIONS preloads /app/scripts/heap-growing.js).
+      env[m[1] as string] = v.replaceAll('/app/', `${ROOT}/`);
     }
   }
   const json = (instr: string) => {

@@ -49,7 +49,8 @@ export interface ProcessHandle {
 
 function launch(role: 'gateway' | 'worker', env: Record<string, string>): ProcessHandle {
   // The same V8 flags as production (package.json start scripts, Dockerfile).
-  const child = spawn(process.execPath, ['--enable-source-maps', '--max-semi-space-size=16', ENTRY[role]], {
+  const flags = ['--enable-source-maps', '--max-semi-space-size=16', '--heap-growing-percent=50'];
+  const child = spawn(process.execPath, [...flags, ENTRY[role]], {
     env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
