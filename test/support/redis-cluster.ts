@@ -124,11 +124,13 @@ export class RedisCluster {
 
   /** The port of the master that serves `key`'s slot now. */
   async masterOf(key: string): Promise<number> {
-    const alive = this.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null);
-    const port = String(alive?.port ?? 0);
-    const slot = Number((await run('redis-cli', ['-p', port, 'cluster', 'keyslot', key])).stdout.trim());
-    const { stdout } = await run('redis-cli', ['-p', port, 'cluster', 'nodes']);
-    for (const line of stdout.trim().split('\n')) {
+    const slot = Number((await this.cli(this.alivePort(), 'cluster', 'keyslot', key)).trim());
+    return this.ownerOf(slot);
+  }
+
+  /** The port of the master that serves `slot` now. */
+  async ownerOf(slot: number): Promise<number> {
+    for (const line of (await this.cli(this.alivePort(), 'cluster', 'nodes')).trim().split('\n')) {
       const [, address = '', flags = '', , , , , , ...ranges] = line.split(' ');
       if (!flags.includes('master') || flags.includes('fail')) {
         continue;
@@ -141,6 +143,65 @@ export class RedisCluster {
       }
     }
     throw new Error(`no master serves slot ${slot}`);
+  }
+
+  /** The ports of the masters that are up. */
+  async masterPorts(): Promise<number[]> {
+    const ports: number[] = [];
+    for (const line of (await this.cli(this.alivePort(), 'cluster', 'nodes')).trim().split('\n')) {
+      const [, address = '', flags = ''] = line.split(' ');
+      if (flags.includes('master') && !flags.includes('fail')) {
+        ports.push(Number(address.split(':')[1]?.split('@')[0]));
+      }
+    }
+    return ports;
+  }
+
+  /**
+   * Moves one slot, keys included, to the master on `toPort`, as `redis-cli --cluster reshard`
+   * does it: IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys, then
+   * SETSLOT NODE on every master. Sharded pub/sub subscribers of the slot's channels are
+   * unsubscribed by the source node when it gives the slot away.
+   */
+  async migrateSlot(slot: number, toPort: number): Promise<void> {
+    const fromPort = await this.ownerOf(slot);
+    if (fromPort === toPort) {
+      return;
+    }
+    const id = async (port: number) => (await this.cli(port, 'cluster', 'myid')).trim();
+    const [fromId, toId] = [await id(fromPort), await id(toPort)];
+    await this.cli(toPort, 'cluster', 'setslot', String(slot), 'importing', fromId);
+    await this.cli(fromPort, 'cluster', 'setslot', String(slot), 'migrating', toId);
+    for (;;) {
+      const keys = (await this.cli(fromPort, 'cluster', 'getkeysinslot', String(slot), '100'))
+        .split('\n')
+        .filter(Boolean);
+      if (keys.length === 0) {
+        break;
+      }
+      await this.cli(fromPort, 'migrate', '127.0.0.1', String(toPort), '', '0', '5000', 'KEYS', ...keys);
+    }
+    const masters = await this.masterPorts();
+    for (const port of [toPort, fromPort, ...masters.filter((p) => p !== toPort && p !== fromPort)]) {
+      await this.cli(port, 'cluster', 'setslot', String(slot), 'node', toId);
+    }
+  }
+
+  private alivePort(): number {
+    const alive = this.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null);
+    if (alive === undefined) {
+      throw new Error('no node of the cluster is up');
+    }
+    return alive.port;
+  }
+
+  /** redis-cli exits 0 on a Redis error too: an error reply throws here. */
+  private async cli(port: number, ...args: string[]): Promise<string> {
+    const { stdout } = await run('redis-cli', ['-p', String(port), ...args]);
+    if (/^(ERR|\(error\)|[A-Z]+ERR) /.test(stdout)) {
+      throw new Error(`redis-cli -p ${port} ${args.join(' ')}: ${stdout.trim()}`);
+    }
+    return stdout;
   }
 
   /** Kills one node at once (SIGKILL: no goodbye to the cluster, as a crashed host). */
