@@ -11,7 +11,10 @@ type InferenceJob = Job<CompletionJobData, CompletionJobResult>;
  * that does not fetch (paused at WORKER_CONCURRENCY, or at its share of the process's slots)
  * so left the Workers blocked on the queue, here and in other processes, asleep until their
  * blocking fetch timed out (BullMQ's drainDelay, 5 s) while requests waited for a slot that
- * was free: a 5.2 s TTFT p99 in `npm run bench:scale-out` with two workers.
+ * was free: a 5.2 s TTFT p99 in `npm run bench:scale-out` with two workers. `handleCompleted`
+ * is BullMQ's protected hook for a finished job (the processor here never throws, so no job
+ * ends as failed but by stalling); test/e2e/worker-concurrency.e2e.spec.ts catches an upgrade
+ * that changes it.
  */
 export class ModelWorker extends Worker<CompletionJobData, CompletionJobResult> {
   constructor(
@@ -33,7 +36,8 @@ export class ModelWorker extends Worker<CompletionJobData, CompletionJobResult> 
   ): Promise<InferenceJob> {
     // BullMQ's declared type says Job, but it resolves undefined when it fetched none.
     const next = (await super.handleCompleted(result, job, token, fetchNextCallback, span)) as InferenceJob | undefined;
-    if (next === undefined) {
+    // Closing, BullMQ finishes nothing more (and the connection may be going): no one to wake.
+    if (next === undefined && this.closing === undefined) {
       this.onSlotFreed?.();
     }
     return next as InferenceJob;
