@@ -39,25 +39,18 @@ describe('on a Redis Cluster', () => {
 
   beforeAll(async () => {
     cluster = await RedisCluster.start({ masters: 3 });
-    try {
-      stack = await Stack.start('cluster', {
-        redisUrl: cluster.url,
-        cluster: true,
-        routerConfig: writeModelList(
-          simulatorDeployment('sim', 'lorem', { itl_ms: 1 }),
-          simulatorDeployment('lorem', 'lorem'),
-          simulatorDeployment('echo', 'echo'),
-          // A capacity: its requests count turns (the per-model lease key of the admission script).
-          simulatorDeployment('capped', 'echo', { max_parallel_requests: 4 }),
-          simulatorDeployment('embed', 'echo', {}, { mode: 'embedding' }),
-          // One request at a time, slow to start: the second one waits past the orphan check.
-          simulatorDeployment('single', 'echo', { ttft_ms: 1_200, max_parallel_requests: 1 }),
-        ),
-      });
-    } catch (err) {
-      await cluster.stop();
-      throw err;
-    }
+    stack = await cluster.stack('cluster', {
+      routerConfig: writeModelList(
+        simulatorDeployment('sim', 'lorem', { itl_ms: 1 }),
+        simulatorDeployment('lorem', 'lorem'),
+        simulatorDeployment('echo', 'echo'),
+        // A capacity: its requests count turns (the per-model lease key of the admission script).
+        simulatorDeployment('capped', 'echo', { max_parallel_requests: 4 }),
+        simulatorDeployment('embed', 'echo', {}, { mode: 'embedding' }),
+        // One request at a time, slow to start: the second one waits past the orphan check.
+        simulatorDeployment('single', 'echo', { ttft_ms: 1_200, max_parallel_requests: 1 }),
+      ),
+    });
     // The suite's token comes from the CLI, on the same cluster.
     const { stdout } = await aqueduct('tokens', 'create', '--name', 'cluster', '--rpm', '1000', '--json');
     const created = JSON.parse(stdout) as { key: string; id: string };

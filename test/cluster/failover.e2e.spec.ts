@@ -52,18 +52,11 @@ describe('on a Redis Cluster, when a master dies', () => {
 
   beforeAll(async () => {
     cluster = await RedisCluster.start({ masters: 3, replicas: 1, nodeTimeoutMs: NODE_TIMEOUT_MS });
-    try {
-      stack = await Stack.start('failover', {
-        redisUrl: cluster.url,
-        cluster: true,
-        // An echo: the text names its request, so a mixed-up or truncated answer shows.
-        routerConfig: writeModelList(simulatorDeployment('sim', 'echo', { itl_ms: 15 })),
-      });
-      key = (await stack.tokens.create({ name: 'failover' })).key;
-    } catch (err) {
-      await cluster.stop();
-      throw err;
-    }
+    stack = await cluster.stack('failover', {
+      // An echo: the text names its request, so a mixed-up or truncated answer shows.
+      routerConfig: writeModelList(simulatorDeployment('sim', 'echo', { itl_ms: 15 })),
+    });
+    key = (await stack.tokens.create({ name: 'failover' })).key;
   }, 60_000);
 
   afterAll(async () => {

@@ -28,20 +28,18 @@ describe('on a Redis Cluster, with two gateways: limits, turns and many streams'
 
   beforeAll(async () => {
     cluster = await RedisCluster.start({ masters: 3 });
+    stack = await cluster.stack('cluster-limits', {
+      routerConfig: writeModelList(
+        simulatorDeployment('sim', 'lorem'),
+        simulatorDeployment('held', 'echo', { ttft_ms: 800 }),
+        simulatorDeployment('turns', 'echo', { ttft_ms: SERVICE_MS, max_parallel_requests: 1 }),
+        simulatorDeployment('streams', 'echo'),
+      ),
+    });
     try {
-      stack = await Stack.start('cluster-limits', {
-        redisUrl: cluster.url,
-        cluster: true,
-        routerConfig: writeModelList(
-          simulatorDeployment('sim', 'lorem'),
-          simulatorDeployment('held', 'echo', { ttft_ms: 800 }),
-          simulatorDeployment('turns', 'echo', { ttft_ms: SERVICE_MS, max_parallel_requests: 1 }),
-          simulatorDeployment('streams', 'echo'),
-        ),
-      });
       second = await stack.addGateway();
     } catch (err) {
-      await stack?.stop();
+      await stack.stop();
       await cluster.stop();
       throw err;
     }

@@ -19,19 +19,12 @@ describe('on a Redis Cluster, when the slot of a gateway inbox migrates', () => 
 
   beforeAll(async () => {
     cluster = await RedisCluster.start({ masters: 3 });
-    try {
-      stack = await Stack.start('cluster-reshard', {
-        redisUrl: cluster.url,
-        cluster: true,
-        routerConfig: writeModelList(
-          simulatorDeployment('echo', 'echo'),
-          simulatorDeployment('slow', 'echo', { itl_ms: 60 }),
-        ),
-      });
-    } catch (err) {
-      await cluster.stop();
-      throw err;
-    }
+    stack = await cluster.stack('cluster-reshard', {
+      routerConfig: writeModelList(
+        simulatorDeployment('echo', 'echo'),
+        simulatorDeployment('slow', 'echo', { itl_ms: 60 }),
+      ),
+    });
     client = new OpenAI({ apiKey: await stack.createKey(), baseURL: `${stack.baseUrl}/v1`, maxRetries: 0 });
   });
 

@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Cluster } from 'ioredis';
-import { freePort } from './stack';
+import { freePort, Stack, type StackOptions } from './stack';
 
 const run = promisify(execFile);
 
@@ -64,6 +64,20 @@ export class RedisCluster {
       throw new Error(`Redis Cluster did not start: ${(err as Error).message}\n${logs}`, { cause: err });
     }
     return cluster;
+  }
+
+  /**
+   * A gateway and workers on this cluster (AQUEDUCT_REDIS_CLUSTER=true, the seed list as
+   * REDIS_URL). When they cannot start, the cluster is stopped too, so that a failed
+   * `beforeAll` leaves no node behind.
+   */
+  async stack(label: string, opts: Omit<StackOptions, 'redisUrl' | 'cluster'> = {}): Promise<Stack> {
+    try {
+      return await Stack.start(label, { ...opts, redisUrl: this.url, cluster: true });
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
   }
 
   /** The seed list, as REDIS_URL takes it with AQUEDUCT_REDIS_CLUSTER=true. */
