@@ -23,7 +23,13 @@ import { waitUntil } from '../support/wait';
 
 const HEARTBEAT_MS = 300;
 const IDLE_MS = 6_000;
-const LEASE_MS = 600;
+/**
+ * The slot lease, which is also the job lock's duration: a worker whose event loop is held
+ * longer than about half of it looks lost. Turning a 40 MB result into relay parts holds it
+ * for about 0.35 s of CPU (JSON.parse and JSON.stringify of the output), twice that when
+ * another suite shares the two cores: at 600 ms that was seen to re-run the request.
+ */
+const LEASE_MS = 1_500;
 
 const words = (n: number, tag = 'w') => Array.from({ length: n }, (_, i) => `${tag}${i}`).join(' ');
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -239,10 +245,12 @@ describe('abuse: the worker side of protective limits', () => {
 
   it('max_parallel_requests holds for requests longer than the lease; a dead worker frees its slot within a lease', async () => {
     await ensureWorkers(2);
-    // Four requests of 2 s on a cap of 2: each outlives the lease (and the key's 2 × lease expiry).
+    // Four requests on a cap of 2, each outliving the lease (and the key's 2 × lease expiry).
     const probes = Array.from({ length: 4 }, () => randomUUID());
     const results = await Promise.all(
-      probes.map((probe) => raw(stack, { model: 'cap2', prompt: 'x y', fake_ttft_ms: 2_000, probe }, { key })),
+      probes.map((probe) =>
+        raw(stack, { model: 'cap2', prompt: 'x y', fake_ttft_ms: 2 * LEASE_MS + 500, probe }, { key }),
+      ),
     );
     results.forEach((r) => expect(r.status, r.text).toBe(200));
     expect(cappedTwo.maxInFlight(), 'the cap held for the whole run').toBe(2);
