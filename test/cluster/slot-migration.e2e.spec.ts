@@ -20,6 +20,9 @@ describe('on a Redis Cluster, when the slot of a gateway inbox migrates', () => 
   beforeAll(async () => {
     cluster = await RedisCluster.start({ masters: 3 });
     stack = await cluster.stack('cluster-reshard', {
+      // A stream whose messages fell between the old owner's unsubscribe and the new
+      // subscription ends with an error once it has been silent this long (15 s by default).
+      env: { AQUEDUCT_IDLE_TIMEOUT_MS: '5000' },
       routerConfig: writeModelList(
         simulatorDeployment('echo', 'echo'),
         simulatorDeployment('slow', 'echo', { itl_ms: 60 }),

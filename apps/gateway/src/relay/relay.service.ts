@@ -1,7 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
-import { AppConfig, Clock, closeRedis, createRedis, type RelayMessage, subscribeInbox } from '@app/common';
+import {
+  AppConfig,
+  Clock,
+  closeRedis,
+  createRedis,
+  inboxDrained,
+  type RelayMessage,
+  subscribeInbox,
+} from '@app/common';
 import {
   type BeforeApplicationShutdown,
   Injectable,
@@ -183,16 +191,33 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     }
   }
 
-  /** Fails over or fails the suspects whose job lock is gone; on a Redis error, decides nothing. */
+  /**
+   * Fails over or fails the suspects whose job lock is gone and that stayed silent; on a
+   * Redis error, decides nothing. A lock also goes when its job ends, and the worker's last
+   * messages, sent before that, may still be on their way here (a gateway busy taking in a
+   * 40 MB result lags behind): re-running such a request would call the upstream twice. So
+   * the messages Redis has already pushed to the inbox are taken in first (inboxDrained),
+   * and a session that heard anything meanwhile is not lost.
+   */
   private async checkOwnership(suspects: RelaySession[]): Promise<void> {
     this.checking = true;
-    const attempts = suspects.map((s) => ({ session: s, rid: s.rid, att: s.attempt, model: s.model }));
+    const attempts = suspects.map((s) => ({
+      session: s,
+      rid: s.rid,
+      att: s.attempt,
+      model: s.model,
+      heard: s.lastActivity,
+    }));
     try {
       const held = await this.ownership.held(attempts);
+      if (held.includes(false) && this.subscriber !== undefined) {
+        await inboxDrained(this.subscriber);
+      }
       attempts.forEach((a, i) => {
         // The session may have moved on (a message, a retry, its end) while Redis answered.
-        if (held[i] === false && !a.session.isClosed && a.session.attempt === a.att && a.session.started) {
-          this.lost(a.session);
+        const s = a.session;
+        if (held[i] === false && !s.isClosed && s.attempt === a.att && s.started && s.lastActivity === a.heard) {
+          this.lost(s);
         }
       });
     } catch {

@@ -64,3 +64,33 @@ export async function inboxSubscribers(client: RedisClient, channel: string): Pr
   const reply = (await node.call('PUBSUB', 'SHARDNUMSUB', channel)) as [string, number];
   return Number(reply[1]);
 }
+
+/** On a cluster, how long {@link inboxDrained} lets messages already on their way arrive. */
+const CLUSTER_SETTLE_MS = 50;
+/** A subscriber that cannot answer a PING in this long cannot vouch for anything. */
+const DRAIN_TIMEOUT_MS = 1_000;
+
+/**
+ * Resolves once this gateway has taken in the relay messages Redis pushed to its inbox
+ * before the call. On one Redis that is exact: a PING on the subscriber connection, whose
+ * reply comes after them on the same socket. A cluster's sharded subscriptions have
+ * connections of their own inside ioredis, so there it is a short pause and a turn of the
+ * event loop after it (the poll phase reads what has arrived): a weaker promise. Rejects
+ * when the subscriber does not answer within a second (reconnecting, or Redis is down).
+ */
+export async function inboxDrained(subscriber: RedisClient): Promise<void> {
+  if (subscriber instanceof Cluster) {
+    await new Promise((resolve) => setTimeout(resolve, CLUSTER_SETTLE_MS));
+    await new Promise((resolve) => setImmediate(resolve));
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('the inbox subscriber did not answer')), DRAIN_TIMEOUT_MS);
+  });
+  try {
+    await Promise.race([subscriber.ping(), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
