@@ -87,12 +87,16 @@ function recordFailure(failures: Map<number, Failure & { count: number }>, statu
   }
 }
 
-async function closedLoop(concurrency: number, durationMs: number, one: () => Promise<void>): Promise<number> {
+async function closedLoop(
+  concurrency: number,
+  durationMs: number,
+  one: (user: number) => Promise<void>,
+): Promise<number> {
   const start = performance.now();
   const deadline = start + durationMs;
-  const user = async () => {
+  const user = async (_: unknown, u: number) => {
     while (performance.now() < deadline) {
-      await one();
+      await one(u);
     }
   };
   await Promise.all(Array.from({ length: concurrency }, user));
@@ -166,26 +170,32 @@ export async function runNonStream(
  * Streamed completions (or chat completions). TTFT is request start → the first `data:` frame
  * whose choices carry non-empty text (a role-only or empty frame would flatter the gateway).
  * Every frame is parsed on both sides, so the client's own cost is the same for direct and
- * gateway.
+ * gateway. With several targets (same operation), virtual user `u` sends `targets[u % n]`:
+ * e.g. one token and model each, measured as one population.
  */
 export async function runStream(
   pool: Pool,
-  target: Target,
+  targets: Target | readonly Target[],
   concurrency: number,
   durationMs: number,
 ): Promise<StreamResult> {
+  const list = Array.isArray(targets) ? targets : [targets as Target];
+  const target = list[0];
+  if (target === undefined) {
+    throw new Error('runStream needs a target');
+  }
   const ttfts: number[] = [];
   const totals: number[] = [];
   const failures = new Map<number, Failure & { count: number }>();
   let streams = 0;
   let tokens = 0;
   const op = target.op ?? 'completion';
-  const opts = requestOptions(target, { stream: true });
-  const elapsedMs = await closedLoop(concurrency, durationMs, async () => {
+  const opts = list.map((t) => requestOptions(t, { stream: true }));
+  const elapsedMs = await closedLoop(concurrency, durationMs, async (user) => {
     const t0 = performance.now();
     streams += 1;
     try {
-      const res = await pool.request(opts);
+      const res = await pool.request(opts[user % opts.length]!);
       if (res.statusCode !== 200) {
         recordFailure(failures, res.statusCode, await res.body.text());
         return;

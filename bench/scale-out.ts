@@ -62,21 +62,12 @@ async function measure(stack: Stack, backendBusy: () => number, redis: string, w
   );
   const pool = createPool(stack.baseUrl, CLIENTS);
   // Every client has its own token and model (round robin), so queues and limits spread.
-  const run = (durationMs: number) =>
-    Promise.all(
-      Array.from({ length: CLIENTS }, (_, c) =>
-        runStream(
-          pool,
-          {
-            path: '/v1/completions',
-            headers: { authorization: `Bearer ${keys[c % TOKENS] ?? ''}` },
-            body: { model: `m${c % MODELS}`, prompt: PROMPT, fake_itl_ms: ITL_MS },
-          },
-          1,
-          durationMs,
-        ),
-      ),
-    );
+  const targets = Array.from({ length: CLIENTS }, (_, c) => ({
+    path: '/v1/completions',
+    headers: { authorization: `Bearer ${keys[c % TOKENS] ?? ''}` },
+    body: { model: `m${c % MODELS}`, prompt: PROMPT, fake_itl_ms: ITL_MS },
+  }));
+  const run = (durationMs: number) => runStream(pool, targets, CLIENTS, durationMs);
   try {
     await run(WARMUP_MS);
     const pids: Record<string, number> = { gateway: stack.gateway.child.pid ?? 0 };
@@ -85,10 +76,9 @@ async function measure(stack: Stack, backendBusy: () => number, redis: string, w
     const samples: number[] = [];
     const sampler = setInterval(() => samples.push(backendBusy()), 20);
     const before = await meter.sample();
-    const parts = await run(DURATION_MS);
+    const result = await run(DURATION_MS);
     const used = CpuMeter.delta(before, await meter.sample());
     clearInterval(sampler);
-    const result = merge(parts);
     const rps = (result.ok * 1000) / result.elapsedMs;
     const perStream = (ms: number | undefined) => (result.ok === 0 || ms === undefined ? Number.NaN : ms / result.ok);
     const workerMs = stack.workers.reduce((sum, _, i) => sum + (used[`worker${i}`] ?? 0), 0);
@@ -103,39 +93,6 @@ async function measure(stack: Stack, backendBusy: () => number, redis: string, w
   } finally {
     await pool.close();
   }
-}
-
-/** The clients' results as one (percentiles over all their samples are not mergeable: p99 is the worst client's). */
-function merge(parts: StreamResult[]): StreamResult {
-  const ok = parts.reduce((s, p) => s + p.ok, 0);
-  const failures = new Map<number, StreamResult['failures'] extends Map<number, infer F> ? F : never>();
-  for (const p of parts) {
-    for (const [status, f] of p.failures) {
-      const seen = failures.get(status);
-      failures.set(status, seen === undefined ? { ...f } : { ...seen, count: seen.count + f.count });
-    }
-  }
-  const weighted = (pick: (p: StreamResult) => number) =>
-    parts.reduce((s, p) => s + (p.ok === 0 ? 0 : pick(p) * p.ok), 0) / Math.max(1, ok);
-  return {
-    streams: parts.reduce((s, p) => s + p.streams, 0),
-    ok,
-    failures,
-    elapsedMs: Math.max(...parts.map((p) => p.elapsedMs)),
-    ttftMs: {
-      p50: weighted((p) => p.ttftMs.p50),
-      p99: Math.max(...parts.map((p) => (p.ok === 0 ? 0 : p.ttftMs.p99))),
-      mean: weighted((p) => p.ttftMs.mean),
-      count: ok,
-    },
-    totalMs: {
-      p50: weighted((p) => p.totalMs.p50),
-      p99: Math.max(...parts.map((p) => (p.ok === 0 ? 0 : p.totalMs.p99))),
-      mean: weighted((p) => p.totalMs.mean),
-      count: ok,
-    },
-    tokensPerStream: weighted((p) => p.tokensPerStream),
-  };
 }
 
 async function topology(

@@ -9,6 +9,7 @@ import { hashSlot } from '../support/hash-slot';
 import { RedisCluster } from '../support/redis-cluster';
 import { simulatorDeployment, writeModelList } from '../support/router-config';
 import { ROOT, Stack } from '../support/stack';
+import { waitUntil } from '../support/wait';
 
 const run = promisify(execFile);
 
@@ -144,7 +145,12 @@ describe('on a Redis Cluster', () => {
     // Usage: one record per request, for every token, read back across the per-token logs.
     const store = new UsageStore(stack.redis, names, 3_600_000);
     const expected = 4 + MODELS.length; // the earlier tests' requests of the CLI token, and this one's
-    await waitFor(async () => (await store.query({ since: 0 })).length >= expected + 3 * MODELS.length);
+    await waitUntil(
+      'the usage records of every request',
+      async () => (await store.query({ since: 0 })).length >= expected + 3 * MODELS.length,
+      10_000,
+      100,
+    );
     const records = await store.query({ since: 0 });
     expect(records).toHaveLength(expected + 3 * MODELS.length + 1); // + the embeddings request
     expect(new Set(records.map((r) => r.rid)).size).toBe(records.length);
@@ -180,13 +186,3 @@ describe('on a Redis Cluster', () => {
     expect(Math.max(...waited)).toBeGreaterThanOrEqual(1_000);
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) {
-      throw new Error('condition not met in time');
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}

@@ -5,6 +5,7 @@ import { hashSlot } from '../support/hash-slot';
 import { RedisCluster } from '../support/redis-cluster';
 import { simulatorDeployment, writeModelList } from '../support/router-config';
 import { Stack } from '../support/stack';
+import { waitUntil } from '../support/wait';
 
 /**
  * Issue 14, item 3: a gateway's inbox is a sharded channel in its own slot. When that slot
@@ -94,11 +95,12 @@ describe('on a Redis Cluster, when the slot of a gateway inbox migrates', () => 
     });
 
     // The gateway listens on the new owner, and only there.
-    const until = Date.now() + 10_000;
-    while ((await subscribersOn(to, inbox!)) !== 1 && Date.now() < until) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(await subscribersOn(to, inbox!)).toBe(1);
+    await waitUntil(
+      'the gateway to subscribe on the new owner',
+      async () => (await subscribersOn(to, inbox!)) === 1,
+      10_000,
+      100,
+    );
     expect(await inboxes()).toEqual([inbox]);
 
     const after = Array.from({ length: 12 }, (_, i) => `after the move ${i}`);

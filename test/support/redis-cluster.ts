@@ -144,31 +144,36 @@ export class RedisCluster {
 
   /** The port of the master that serves `slot` now. */
   async ownerOf(slot: number): Promise<number> {
-    for (const line of (await this.cli(this.alivePort(), 'cluster', 'nodes')).trim().split('\n')) {
-      const [, address = '', flags = '', , , , , , ...ranges] = line.split(' ');
-      if (!flags.includes('master') || flags.includes('fail')) {
-        continue;
-      }
-      for (const range of ranges) {
-        const [from, to = from] = range.split('-').map(Number);
-        if (from !== undefined && to !== undefined && slot >= from && slot <= to) {
-          return Number(address.split(':')[1]?.split('@')[0]);
-        }
-      }
+    const owner = (await this.liveMasters()).find((m) => m.ranges.some(([from, to]) => slot >= from && slot <= to));
+    if (owner === undefined) {
+      throw new Error(`no master serves slot ${slot}`);
     }
-    throw new Error(`no master serves slot ${slot}`);
+    return owner.port;
   }
 
   /** The ports of the masters that are up. */
   async masterPorts(): Promise<number[]> {
-    const ports: number[] = [];
+    return (await this.liveMasters()).map((m) => m.port);
+  }
+
+  /** The masters that are up, from CLUSTER NODES: port and slot ranges. */
+  private async liveMasters(): Promise<{ port: number; ranges: [number, number][] }[]> {
+    const masters: { port: number; ranges: [number, number][] }[] = [];
     for (const line of (await this.cli(this.alivePort(), 'cluster', 'nodes')).trim().split('\n')) {
-      const [, address = '', flags = ''] = line.split(' ');
-      if (flags.includes('master') && !flags.includes('fail')) {
-        ports.push(Number(address.split(':')[1]?.split('@')[0]));
+      const [, address = '', flags = '', , , , , , ...slots] = line.split(' ');
+      if (!flags.includes('master') || flags.includes('fail')) {
+        continue;
       }
+      // Ranges are "a-b" or a single slot; "[slot->-id]" entries (a migration under way) are skipped.
+      const ranges = slots
+        .filter((r) => /^\d+(-\d+)?$/.test(r))
+        .map((r): [number, number] => {
+          const [from, to = from] = r.split('-').map(Number) as [number, number?];
+          return [from, to];
+        });
+      masters.push({ port: Number(address.split(':')[1]?.split('@')[0]), ranges });
     }
-    return ports;
+    return masters;
   }
 
   /**

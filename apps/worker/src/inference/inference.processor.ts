@@ -74,9 +74,10 @@ export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplica
               void queues
                 .wake(model.name)
                 .catch((err: Error) => this.logger.warn(`could not wake ${model.name}: ${err.message}`));
+      const queue = modelQueueName(model.name);
       const worker = new ModelWorker(
-        modelQueueName(model.name),
-        (job) => this.process(modelQueueName(model.name), job),
+        queue,
+        (job) => this.process(queue, job),
         {
           connection: queues.connection,
           prefix: config.names.bullPrefix,
