@@ -83,6 +83,10 @@ describe('on a Redis Cluster, when a master dies', () => {
       }
     });
     await new Promise((r) => setTimeout(r, 1_500));
+    // The records made so far waited for their shard's replica (UsageStore.accountDurably).
+    const { id: tokenId } = (await stack.tokens.list())[0]!;
+    const usageMaster = await cluster.masterOf(names.tokenUsage(tokenId).log);
+    expect(await cluster.commandCalls(usageMaster, 'wait')).toBeGreaterThan(0);
     const killedAt = Date.now();
     await cluster.kill(victim);
     // Serving again: a request started after the kill completes.
@@ -106,10 +110,19 @@ describe('on a Redis Cluster, when a master dies', () => {
     const ok = outcomes.filter((o) => o.outcome.kind === 'ok');
     expect(ok.filter((o) => o.at > recoveredAt).length).toBeGreaterThan(0);
 
-    // Every completed request has its usage record (written by its worker before it finished).
+    // Every completed request has its usage record, already when its client had the answer:
+    // on a cluster a worker sends a job's last message only once the record is written and
+    // its shard's replica has it (UsageStore.accountDurably), so the kill cannot take it along.
     const store = new UsageStore(stack.redis, names, 3_600_000);
     const rids = new Set((await store.query({ since: 0 })).map((r) => r.rid));
     const missing = ok.map((o) => (o.outcome.kind === 'ok' ? o.outcome.rid : '')).filter((rid) => !rids.has(rid));
-    expect(missing, `${missing.length} of ${ok.length} completed requests have no usage record`).toEqual([]);
+    // What the processes said of a missing record, for the failure message.
+    const said = [stack.gateway, ...stack.workers]
+      .flatMap((p) => p.output().split('\n'))
+      .filter((line) => missing.some((rid) => line.includes(rid)));
+    expect(
+      missing,
+      `${missing.length} of ${ok.length} completed requests have no usage record; logs:\n${said.join('\n')}`,
+    ).toEqual([]);
   }, 90_000);
 });

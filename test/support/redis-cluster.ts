@@ -151,6 +151,12 @@ export class RedisCluster {
     return owner.port;
   }
 
+  /** How many times node `port` has run `command` (INFO commandstats). */
+  async commandCalls(port: number, command: string): Promise<number> {
+    const stats = await this.cli(port, 'info', 'commandstats');
+    return Number(new RegExp(`^cmdstat_${command.toLowerCase()}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0);
+  }
+
   /** The ports of the masters that are up. */
   async masterPorts(): Promise<number[]> {
     return (await this.liveMasters()).map((m) => m.port);

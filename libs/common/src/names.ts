@@ -62,6 +62,11 @@ export function redisNames(prefix: string, cluster = false) {
      */
     jobLock: (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}:lock`,
     /**
+     * The HASH of one BullMQ job (`<queue key>:<jobId>`): there from the add until the job
+     * ends (finished jobs are removed at once, see JobQueueService.enqueue).
+     */
+    job: (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}`,
+    /**
      * HASH sha256(key) → token record JSON: auth is one HGET. On a cluster it shares a hash tag
      * with {@link tokensById}: a token is created in one MULTI on both.
      */

@@ -85,6 +85,7 @@ export class InferenceRun {
       () => this.retryOnce(),
     );
     session.onLost = () => this.abandon(502, 'error');
+    session.onVanished = () => void this.onVanished();
     this.session = session;
     const { deadline, queueDeadline, meta } = this.job;
     this.deadlineTimer = setTimeout(() => this.onDeadline(), deadline - meta.startedAt + DEADLINE_GRACE_MS);
@@ -191,9 +192,27 @@ export class InferenceRun {
     this.session?.fail(504, 'The completion did not finish within its timeout.', 'timeout');
   }
 
+  /**
+   * Redis lost the attempt's job before any worker took it (RelayService.probeUnheard): the
+   * claim is taken so that it can never run after all, then it is run again once, as for a
+   * worker lost before any output; a request that already had its retry is answered 503.
+   */
+  private async onVanished(): Promise<void> {
+    const att = this.session?.attempt ?? 0;
+    if (!(await this.deps.queue.withdraw(this.job, att)) || this.session?.attempt !== att || this.retryOnce()) {
+      return;
+    }
+    this.record({ ...NOTHING_PRODUCED, queueMs: this.queueMs }, 503, 'error');
+    this.admitted.release();
+    this.responder?.fail(
+      ApiError.server(503, 'The request was lost by the queue (Redis failed over). Please retry.', null, 1_000),
+    );
+  }
+
   private async enqueue(att: number): Promise<void> {
     try {
       await this.deps.queue.enqueue({ ...this.job, att }, this.priority);
+      this.session?.queued(att, this.deps.clock.now());
     } catch (err) {
       const error = err instanceof ApiError ? err : ApiError.server(503, 'Could not enqueue the request.');
       this.record(NOTHING_PRODUCED, error.status, 'error');

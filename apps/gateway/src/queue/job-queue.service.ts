@@ -15,6 +15,7 @@ import {
 } from '@app/common';
 import type { RedisClient } from '@app/common';
 import { InjectRedis } from '../redis/redis.tokens';
+import { GATEWAY_CLAIM } from '../relay/attempt-ownership';
 import { Injectable, Logger } from '@nestjs/common';
 
 /** Where a request goes in its model's line: its BullMQ priority, and its fair tag if it has one. */
@@ -115,7 +116,7 @@ export class JobQueueService {
     const { rid, model, deadline } = job;
     try {
       const ttl = claimTtlMs(deadline, Date.now());
-      const won = await this.redis.set(this.config.names.claim(rid, att), 'gateway', 'PX', ttl, 'NX');
+      const won = await this.redis.set(this.config.names.claim(rid, att), GATEWAY_CLAIM, 'PX', ttl, 'NX');
       if (won === null) {
         return false;
       }

@@ -1,6 +1,20 @@
 import { completionJobId, type RedisNames } from '@app/common';
 import type { RedisClient } from '@app/common';
 
+/**
+ * What Redis knows of an attempt that was enqueued but that no worker has been heard from:
+ * - `queued`: its job is there (waiting for capacity, or just taken: its `start` is on its way);
+ * - `vanished`: no job and nobody claimed it: Redis lost it before a worker took it (a
+ *   failover lost the write that added it), and it will never run;
+ * - `ended`: no job, and a worker claimed it: it ran, and none of its messages reached this
+ *   gateway (lost in a failover or a slot move);
+ * - `withdrawn`: the gateway itself took it back.
+ */
+export type UnheardAttempt = 'queued' | 'vanished' | 'ended' | 'withdrawn';
+
+/** The value of an attempt's claim when the gateway took it back (JobQueueService.withdraw). */
+export const GATEWAY_CLAIM = 'gateway';
+
 export interface AttemptRef {
   rid: string;
   att: number;
@@ -32,5 +46,29 @@ export class AttemptOwnership {
       attempts.map((a) => this.redis.exists(this.names.jobLock(a.model, completionJobId(a.rid, a.att)))),
     );
     return counts.map((n) => n > 0);
+  }
+
+  /**
+   * Looks up unheard attempts (see {@link UnheardAttempt}), one result per attempt, in order:
+   * the job's hash and the attempt's claim, issued together (one write with auto-pipelining).
+   * The job is read before the claim: a worker claims a job before it ends, so "no job, no
+   * claim" cannot be a job that ended between the two reads. Throws when Redis cannot answer.
+   */
+  async unheard(attempts: readonly AttemptRef[]): Promise<UnheardAttempt[]> {
+    const looks = attempts.map((a) =>
+      Promise.all([
+        this.redis.exists(this.names.job(a.model, completionJobId(a.rid, a.att))),
+        this.redis.get(this.names.claim(a.rid, a.att)),
+      ]),
+    );
+    return (await Promise.all(looks)).map(([job, claim]) => {
+      if (claim === GATEWAY_CLAIM) {
+        return 'withdrawn';
+      }
+      if (job > 0) {
+        return 'queued';
+      }
+      return claim === null ? 'vanished' : 'ended';
+    });
   }
 }

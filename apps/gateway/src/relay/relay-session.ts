@@ -2,6 +2,11 @@ import type { ErrorMessage, RelayMessage } from '@app/common';
 
 export type RelayListener = (msg: RelayMessage) => void;
 
+/** How long after its enqueue an attempt that no worker has been heard from is first looked up. */
+const FIRST_PROBE_AFTER_MS = 1_000;
+/** The longest interval between two looks at an attempt still waiting for capacity. */
+const MAX_PROBE_INTERVAL_MS = 8_000;
+
 /**
  * The gateway's end of one request's relay: drops stale attempts and duplicates, turns a
  * gap in `seq` into an error (pub/sub lost a message, so the output would be silently
@@ -19,6 +24,19 @@ export class RelaySession {
   hasOutput = false;
   /** Epoch ms at which a terminal message (or a failure) ended the session; -1 while open. */
   closedAt = -1;
+  /**
+   * Epoch ms at which Redis acknowledged the current attempt's job (-1 before): from then on
+   * the job exists, and while no worker has been heard from it is probed now and then
+   * (RelayService.probeUnheard) in case it or its messages were lost (a failover).
+   */
+  queuedAt = -1;
+  /** When the next probe of an unheard attempt is due (see {@link probeDue}). */
+  private probeAt = -1;
+  /**
+   * Called when the current attempt's job vanished before any worker took it (Redis lost
+   * it in a failover): its owner takes the job back and runs or fails the request.
+   */
+  onVanished?: () => void;
   /**
    * Called once the gateway failed a started attempt because its worker is lost: that
    * worker will not write the request's usage record, so the owner of the session does.
@@ -51,7 +69,32 @@ export class RelaySession {
     this.nextSeq = 0;
     this.lastActivity = -1;
     this.workerId = undefined;
+    this.queuedAt = -1;
+    this.probeAt = -1;
     return this.att;
+  }
+
+  /** Redis acknowledged attempt `att`'s job at `now`: its first probe is due a while later. */
+  queued(att: number, now: number): void {
+    if (att === this.att && !this.closed) {
+      this.queuedAt = now;
+      this.probeAt = now + FIRST_PROBE_AFTER_MS;
+    }
+  }
+
+  /**
+   * Whether an attempt that is queued but unheard of should be looked up now. A job taken
+   * at once is heard of within milliseconds, so a first look after a second costs nothing
+   * on the hot path; one waiting for capacity is looked at ever less often (every 8 s at
+   * most), so that a long line does not cost Redis a command per request per sweep.
+   */
+  probeDue(now: number): boolean {
+    return !this.closed && !this.started && this.queuedAt >= 0 && now >= this.probeAt;
+  }
+
+  /** Its job was found where it should be: the next look is due later. */
+  probed(now: number): void {
+    this.probeAt = now + Math.min(MAX_PROBE_INTERVAL_MS, Math.max(FIRST_PROBE_AFTER_MS, now - this.queuedAt));
   }
 
   accept(msg: RelayMessage, now: number): void {

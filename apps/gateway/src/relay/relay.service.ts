@@ -52,6 +52,8 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
   private readonly ownership: AttemptOwnership;
   /** One ownership check at a time: a slow Redis must not stack them up sweep after sweep. */
   private checking = false;
+  /** The same for the probe of unheard attempts. */
+  private probing = false;
   /** True once the inbox subscription is in place: before that no job may name this gateway. */
   private subscribed = false;
 
@@ -174,8 +176,12 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     const alive = new Set(this.workers.alive().map((w) => w.workerId));
     const beatMs = this.config.env.AQUEDUCT_HEARTBEAT_MS;
     const suspects: RelaySession[] = [];
+    const unheard: RelaySession[] = [];
     this.dropStale(now);
     for (const s of this.sessions.values()) {
+      if (s.probeDue(now)) {
+        unheard.push(s);
+      }
       if (s.isClosed || !s.started) {
         continue;
       }
@@ -188,6 +194,50 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
     }
     if (suspects.length > 0 && !this.checking) {
       void this.checkOwnership(suspects);
+    }
+    if (unheard.length > 0 && !this.probing) {
+      void this.probeUnheard(unheard);
+    }
+  }
+
+  /**
+   * Attempts that were enqueued but that no worker has been heard from: normally jobs
+   * waiting for capacity. Without this look, a job that Redis lost in a failover (the
+   * master acknowledged the add and died before its replica had it), or one whose every
+   * message was lost on the way, would hold its client until the queue deadline and past
+   * it: the idle timeout only watches started attempts. A vanished job is taken back by its
+   * request (run again, or a clean 503); one that ran unheard is failed like a lost worker,
+   * once the messages already pushed to the inbox are taken in (see checkOwnership).
+   */
+  private async probeUnheard(sessions: RelaySession[]): Promise<void> {
+    this.probing = true;
+    const attempts = sessions.map((s) => ({ session: s, rid: s.rid, att: s.attempt, model: s.model }));
+    try {
+      const found = await this.ownership.unheard(attempts);
+      if (found.includes('ended') && this.subscriber !== undefined) {
+        await inboxDrained(this.subscriber);
+      }
+      const now = this.clock.now();
+      attempts.forEach(({ session: s, att }, i) => {
+        // Heard from meanwhile, retried or ended: the look is out of date.
+        if (s.isClosed || s.started || s.attempt !== att) {
+          return;
+        }
+        if (found[i] === 'vanished') {
+          this.logger.warn(`request ${s.rid}: its queued job vanished from Redis before a worker took it`);
+          s.onVanished?.();
+        } else if (found[i] === 'ended') {
+          this.logger.warn(`request ${s.rid}: its job ended without a message reaching this gateway`);
+          s.fail(502, 'The response was lost on its way from the worker. Please retry.', 'relay_lost', now);
+          s.onLost?.();
+        } else {
+          s.probed(now);
+        }
+      });
+    } catch {
+      // Redis cannot answer (a failover in progress): the next sweep looks again.
+    } finally {
+      this.probing = false;
     }
   }
 

@@ -88,6 +88,11 @@ export class InferenceProcessor implements OnApplicationBootstrap, BeforeApplica
           // interval. Tied to the deployment slot lease, so both come back about together.
           lockDuration: config.env.AQUEDUCT_SLOT_LEASE_MS,
           stalledInterval: Math.max(100, Math.floor(config.env.AQUEDUCT_SLOT_LEASE_MS / 3)),
+          // After a connection error its fetch loop waits this long before fetching again
+          // (BullMQ's default: 15 s). A cluster failover left workers idle that long after the
+          // new master was up (measured: 15.7 s to the first answer, against about 3 s); now
+          // about as soon as the connection is back (reconnectDelay retries every 2 s at most).
+          runRetryDelay: 1_000,
           autorun: false,
         },
         freed,

@@ -109,6 +109,9 @@ export class InferenceRunner {
       // Lost claim: the gateway withdrew the job (its client left) as the call started.
       void claimed.then((won) => won || abort.abort(new CancelledError('client_disconnected')));
     }
+    if (this.usage.beforeLastMessage) {
+      out.holdLast();
+    }
     const stopWatching = this.watchdog.watch(data, abort, out, state);
     let result: CompletionJobResult;
     try {
@@ -131,8 +134,13 @@ export class InferenceRunner {
     if (early && !(await claimed)) {
       return { outcome: 'cancelled' }; // the gateway withdrew it and accounted for it
     }
-    // Accounting is issued before awaiting the last publish, so both share a socket write.
+    // Accounting is issued before awaiting the last publish, so both share a socket write;
+    // on a cluster the last message waits for the record instead (see beforeLastMessage).
     const accounted = this.usage.record(jobUsageRecord(data, state, result, this.clock.now()), data.deadline);
+    if (this.usage.beforeLastMessage) {
+      await accounted;
+      out.releaseLast();
+    }
     await out.flush();
     await accounted;
     return result;

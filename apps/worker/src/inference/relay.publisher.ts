@@ -52,6 +52,8 @@ const SLICE_CHARS = RELAY_PART_MAX_BYTES - ENVELOPE_BYTES;
 export class RelayPublisher {
   private seq = 0;
   private pending: Promise<unknown> = Promise.resolve();
+  /** The job's last message, while {@link holdLast} keeps it back; undefined otherwise. */
+  private held?: string[];
   private unacked = 0;
   private credit: number;
   private creditAt: number;
@@ -72,7 +74,28 @@ export class RelayPublisher {
   }
 
   send(payload: Payload): void {
-    this.publish(JSON.stringify({ ...payload, rid: this.rid, att: this.att, seq: this.seq++ }));
+    const raw = JSON.stringify({ ...payload, rid: this.rid, att: this.att, seq: this.seq++ });
+    if (payload.t === 'done' || payload.t === 'result' || payload.t === 'error') {
+      this.publishLast(raw);
+    } else {
+      this.publish(raw);
+    }
+  }
+
+  /**
+   * From now on the message that ends the job (`done`, `result`, `error`) waits for
+   * {@link releaseLast}: the job's usage record is made durable first, so that a client that
+   * has its whole answer never lacks a record (see WorkerUsageService.durable).
+   */
+  holdLast(): void {
+    this.held ??= [];
+  }
+
+  /** Sends what {@link holdLast} kept back, in order, and stops holding. */
+  releaseLast(): void {
+    const held = this.held ?? [];
+    this.held = undefined;
+    held.forEach((raw) => this.publish(raw));
   }
 
   /**
@@ -118,7 +141,7 @@ export class RelayPublisher {
       Buffer.byteLength(raw) + tail.length <= RELAY_PART_MAX_BYTES
     ) {
       this.seq += 1;
-      this.publish(`{"t":"result","output":${raw}${tail}`);
+      this.publishLast(`{"t":"result","output":${raw}${tail}`);
       return;
     }
     for (const slice of rawSlices(raw, RELAY_PART_MAX_BYTES - ENVELOPE_BYTES)) {
@@ -142,6 +165,14 @@ export class RelayPublisher {
   /** The numbering of the next message, for messages assembled as text. */
   private envelope(): string {
     return `"rid":${JSON.stringify(this.rid)},"att":${this.att},"seq":${this.seq}`;
+  }
+
+  private publishLast(raw: string): void {
+    if (this.held !== undefined) {
+      this.held.push(raw);
+    } else {
+      this.publish(raw);
+    }
   }
 
   private publish(raw: string): void {

@@ -34,6 +34,16 @@ export class WorkerUsageService implements BeforeApplicationShutdown {
   private readonly store: UsageStore;
   private readonly owner: string;
   private pending: Pending[] = [];
+  /**
+   * Whether a job's record is written before its last message goes out (the runner holds it
+   * back). On a cluster: there the record goes to its token's shard and the answer to the
+   * gateway's, so the client could otherwise have its whole answer before the record exists,
+   * and a failover in between would lose a record of a completed request (a master that
+   * dies loses what it had not replicated: see UsageStore.accountDurably). It costs each
+   * answer's end a round trip; with one Redis both share a socket write instead, and the
+   * record is as safe as that Redis.
+   */
+  readonly beforeLastMessage: boolean;
   /** Set at shutdown: a record Redis refuses then is given up at once (the process is leaving). */
   private closing = false;
 
@@ -45,6 +55,7 @@ export class WorkerUsageService implements BeforeApplicationShutdown {
     @Optional() private readonly metrics?: WorkerMetrics,
   ) {
     this.owner = identity.id;
+    this.beforeLastMessage = config.names.cluster;
     this.store = new UsageStore(redis, config.names, config.env.AQUEDUCT_USAGE_RETENTION_HOURS * 3_600_000);
   }
 

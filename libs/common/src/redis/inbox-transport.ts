@@ -1,9 +1,6 @@
-import { createRequire } from 'node:module';
 import { Cluster } from 'ioredis';
+import { slotMaster } from './hash-slot';
 import type { RedisClient } from './redis-factory';
-
-/** ioredis' own slot function (its `cluster-key-slot` dependency): the slot it routes a key to. */
-const calculateSlot = createRequire(__filename)('cluster-key-slot') as (key: string) => number;
 
 /**
  * How relay messages reach a gateway's inbox channel: classic pub/sub on one Redis, sharded
@@ -56,8 +53,7 @@ export async function inboxSubscribers(client: RedisClient, channel: string): Pr
     const reply = (await client.call('PUBSUB', 'NUMSUB', channel)) as [string, number];
     return Number(reply[1]);
   }
-  const owner = client.slots[calculateSlot(channel)]?.[0];
-  const node = client.nodes('master').find((n) => `${n.options.host}:${n.options.port}` === owner);
+  const node = slotMaster(client, channel);
   if (node === undefined) {
     throw new Error(`no node owns the slot of ${channel} right now`);
   }
