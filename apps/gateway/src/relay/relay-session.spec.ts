@@ -103,4 +103,35 @@ describe('RelaySession', () => {
       },
     ]);
   });
+
+  it('looks up a queued attempt nobody has been heard from after 1 s, then ever less often, never once heard from', () => {
+    const { session } = collect();
+    expect(session.probeDue(10_000), 'not before its job exists').toBe(false);
+    session.queued(0, 10_000);
+    expect(session.probeDue(10_999)).toBe(false);
+    expect(session.probeDue(11_000)).toBe(true);
+    session.probed(11_000); // 1 s old: next look 1 s later
+    expect(session.probeDue(11_999)).toBe(false);
+    expect(session.probeDue(12_000)).toBe(true);
+    session.probed(14_000); // 4 s old: next look 4 s later
+    expect(session.probeDue(17_999)).toBe(false);
+    expect(session.probeDue(18_000)).toBe(true);
+    session.probed(30_000); // 20 s old: every 8 s at most
+    expect(session.probeDue(38_000)).toBe(true);
+    session.accept({ t: 'start', rid: 'r', att: 0, seq: 0, workerId: 'w', deployment: 'd' }, 38_001);
+    expect(session.probeDue(60_000), 'heard from').toBe(false);
+  });
+
+  it('forgets the look-ups of an attempt it left, and ignores the enqueue of an older one', () => {
+    const { session } = collect();
+    session.queued(0, 0);
+    session.nextAttempt();
+    expect(session.probeDue(5_000)).toBe(false);
+    session.queued(0, 5_000); // attempt 0's enqueue, answered late
+    expect(session.probeDue(10_000)).toBe(false);
+    session.queued(1, 5_000);
+    expect(session.probeDue(6_000)).toBe(true);
+    session.fail(502, 'gone');
+    expect(session.probeDue(7_000), 'ended').toBe(false);
+  });
 });

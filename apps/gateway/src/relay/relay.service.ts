@@ -223,6 +223,7 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
         if (s.isClosed || s.started || s.attempt !== att) {
           return;
         }
+        s.probed(now);
         if (found[i] === 'vanished') {
           this.logger.warn(`request ${s.rid}: its queued job vanished from Redis before a worker took it`);
           s.onVanished?.();
@@ -230,8 +231,6 @@ export class RelayService implements OnModuleInit, BeforeApplicationShutdown, On
           this.logger.warn(`request ${s.rid}: its job ended without a message reaching this gateway`);
           s.fail(502, 'The response was lost on its way from the worker. Please retry.', 'relay_lost', now);
           s.onLost?.();
-        } else {
-          s.probed(now);
         }
       });
     } catch {
