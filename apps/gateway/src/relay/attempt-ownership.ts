@@ -38,7 +38,7 @@ export class AttemptOwnership {
 
   /**
    * One flag per attempt, in order: true while its job lock exists. The EXISTS calls are
-   * issued together, so the command connection's auto-pipelining sends them in one write.
+   * issued together, so the command connection sends them in one write (coalesce-writes.ts).
    * Throws when Redis cannot answer (the caller then decides nothing).
    */
   async held(attempts: readonly AttemptRef[]): Promise<boolean[]> {
@@ -50,7 +50,7 @@ export class AttemptOwnership {
 
   /**
    * Looks up unheard attempts (see {@link UnheardAttempt}), one result per attempt, in order:
-   * the job's hash and the attempt's claim, issued together (one write with auto-pipelining).
+   * the job's hash and the attempt's claim, issued together (one socket write).
    * The job is read before the claim: a worker claims a job before it ends, so "no job, no
    * claim" cannot be a job that ended between the two reads. Throws when Redis cannot answer.
    */

@@ -41,7 +41,7 @@ const SLICE_CHARS = RELAY_PART_MAX_BYTES - ENVELOPE_BYTES;
 /**
  * Publishes one job's relay messages to the gateway inbox that owns the request,
  * numbering them. Publishes are not awaited one by one (ioredis keeps their order on
- * the connection and auto-pipelines them); a failed publish, or one that reached no
+ * the connection, and the writes of one callback go out together); a failed publish, or one that reached no
  * subscriber (the gateway is gone), aborts the job through `onLost`.
  *
  * Token chunks deliberately ride plain ioredis pub/sub, not the @nestjs/microservices

@@ -1,6 +1,5 @@
 import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
 import type { Env } from '../config/env';
-import { ACCOUNT_COMMAND } from '../usage/usage-store';
 import { coalesceWrites } from './coalesce-writes';
 import { ConnectionStateLog } from './connection-state-log';
 import { reconnectDelay } from './reconnect-delay';
@@ -28,24 +27,30 @@ export type RedisTarget = Pick<Env, 'REDIS_URL' | 'AQUEDUCT_REDIS_CLUSTER'>;
  * - `command`: request-path commands; fail fast while Redis is down (no offline queue)
  *   so callers answer 503 at once instead of hanging.
  * - `subscriber`: a dedicated pub/sub connection; ioredis re-subscribes on reconnect.
- * - `queue-producer`: the gateway's BullMQ connection: fails fast like `command`, but without
- *   auto-pipelining: ioredis builds a Pipeline per tick that copies every defined script, and
- *   BullMQ defines dozens (measured: more CPU per request, not less).
+ * - `queue-producer`: the gateway's BullMQ connection: fails fast like `command`.
  * - `queue-consumer`: the workers' BullMQ connection: BullMQ blocks on it and requires
  *   `maxRetriesPerRequest: null`.
+ *
+ * None uses ioredis' auto-pipelining: the connections that carry many small commands
+ * coalesce their socket writes instead (coalesce-writes.ts), which merges what one callback
+ * issues into one write, without auto-pipelining's cost: ioredis builds a
+ * Pipeline per tick that copies every script defined on the client (BullMQ defines dozens)
+ * and a promise chain per command. Measured with both on the `command` role (one gateway,
+ * one worker, gateway + worker CPU): non-stream c=16 1.05–1.16 ms per request with it,
+ * 0.89–0.91 without (930 → 1140 req/s); streams of 64 chunks 5 ms apart 12.9–13.0 ms per
+ * stream with it, 9.7–10.9 without.
  */
 export type RedisRole = 'command' | 'subscriber' | 'queue-producer' | 'queue-consumer';
 
 interface RoleOptions {
   enableOfflineQueue?: boolean;
   maxRetriesPerRequest: number | null;
-  enableAutoPipelining?: boolean;
   /** One socket write per callback (coalesce-writes.ts) for connections that carry many small commands. */
   coalesce: boolean;
 }
 
 const ROLE_OPTIONS: Record<RedisRole, RoleOptions> = {
-  command: { enableOfflineQueue: false, maxRetriesPerRequest: 1, enableAutoPipelining: true, coalesce: true },
+  command: { enableOfflineQueue: false, maxRetriesPerRequest: 1, coalesce: true },
   subscriber: { enableOfflineQueue: true, maxRetriesPerRequest: null, coalesce: false },
   'queue-producer': { enableOfflineQueue: false, maxRetriesPerRequest: 1, coalesce: true },
   'queue-consumer': { maxRetriesPerRequest: null, coalesce: true },
@@ -58,20 +63,16 @@ export function redisOptions(role: RedisRole, name?: string): RedisOptions {
 }
 
 /**
- * The same role on a cluster. ioredis applies the offline queue, auto-pipelining and
+ * The same role on a cluster. ioredis applies the offline queue and
  * reconnect policy to the cluster as a whole, and the rest to each node connection it opens
  * (`redisOptions`, which also carry the seeds' password and TLS). The ready check waits for
  * `cluster_state:ok`, and every command goes to a master: a replica may lag behind, and the
  * scripts' read-then-write logic (limits, claims) must never see a stale value.
  */
 export function clusterOptions(seedList: string, role: RedisRole, name?: string): ClusterOptions {
-  const { enableOfflineQueue, enableAutoPipelining, maxRetriesPerRequest } = ROLE_OPTIONS[role];
+  const { enableOfflineQueue, maxRetriesPerRequest } = ROLE_OPTIONS[role];
   return {
     ...(enableOfflineQueue !== undefined && { enableOfflineQueue }),
-    ...(enableAutoPipelining !== undefined && {
-      enableAutoPipelining,
-      autoPipeliningIgnoredCommands: [ACCOUNT_COMMAND],
-    }),
     enableReadyCheck: true,
     scaleReads: 'master',
     // A subscriber's channels are sharded (see inbox-transport.ts): one subscriber connection
