@@ -53,6 +53,22 @@ describe('RelayPublisher.holdLast', () => {
     ]);
   });
 
+  it('holds what is sent after a held message too, so that nothing overtakes it', () => {
+    const { sink, sent } = recordingSink();
+    const out = new RelayPublisher(sink, 'inbox', 'r', 0, () => undefined);
+    out.holdLast();
+    out.send({ t: 'start', workerId: 'w', deployment: 'd' });
+    out.send({ t: 'done', usage: null });
+    out.send({ t: 'hb' }); // a heartbeat tick while the job ends
+    expect(sent).toEqual([{ t: 'start', seq: 0 }]);
+    out.releaseLast();
+    expect(sent).toEqual([
+      { t: 'start', seq: 0 },
+      { t: 'done', seq: 1 },
+      { t: 'hb', seq: 2 },
+    ]);
+  });
+
   it('holds nothing unless asked', () => {
     const { sink, sent } = recordingSink();
     const out = new RelayPublisher(sink, 'inbox', 'r', 0, () => undefined);

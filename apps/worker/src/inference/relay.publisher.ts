@@ -75,7 +75,9 @@ export class RelayPublisher {
 
   send(payload: Payload): void {
     const raw = JSON.stringify({ ...payload, rid: this.rid, att: this.att, seq: this.seq++ });
-    if (payload.t === 'done' || payload.t === 'result' || payload.t === 'error') {
+    if (payload.t === 'done' || payload.t === 'result' || payload.t === 'error' || this.held?.length) {
+      // Also what follows a held message (a heartbeat while the job releases its slot): it
+      // must not overtake it, or the gateway would see a gap in the numbering.
       this.publishLast(raw);
     } else {
       this.publish(raw);

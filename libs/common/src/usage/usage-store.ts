@@ -64,10 +64,12 @@ return written
 
 /**
  * The name ACCOUNT_LUA is defined under. Its number of keys varies per call, so its first
- * argument is that number (ioredis' auto-pipelining would take it for the first key and group
- * calls of different tokens for the wrong node; no connection uses it, see redis-factory.ts).
+ * argument is that number, which ioredis' cluster auto-pipelining takes for the first key: it
+ * would group calls of different tokens into one pipeline for the wrong node (refused: "All
+ * keys in the pipeline should belong to the same slots allocation group"). Cluster clients
+ * leave it out of auto-pipelining (see clusterOptions).
  */
-const ACCOUNT_COMMAND = 'aqueductAccount';
+export const ACCOUNT_COMMAND = 'aqueductAccount';
 
 /** Who takes a request's usage claim ({@link RedisNames.usageClaim}), and for how long it is kept. */
 export interface UsageClaim {
