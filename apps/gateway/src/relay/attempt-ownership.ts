@@ -51,8 +51,10 @@ export class AttemptOwnership {
   /**
    * Looks up unheard attempts (see {@link UnheardAttempt}), one result per attempt, in order:
    * the job's hash and the attempt's claim, issued together (one socket write).
-   * The job is read before the claim: a worker claims a job before it ends, so "no job, no
-   * claim" cannot be a job that ended between the two reads. Throws when Redis cannot answer.
+   * On a cluster the two reads may reach their nodes in either order, so a job a worker
+   * claimed and finished between them can look `vanished`: harmless, since a vanished job is
+   * only taken back by winning its claim (InferenceRun.onVanished), which that worker holds.
+   * Throws when Redis cannot answer.
    */
   async unheard(attempts: readonly AttemptRef[]): Promise<UnheardAttempt[]> {
     const looks = attempts.map((a) =>

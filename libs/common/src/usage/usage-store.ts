@@ -185,10 +185,11 @@ export class UsageStore {
   /**
    * One accounting call. On a cluster whose shard has a replica, the call is followed on the
    * same connection by `WAIT 1`: Redis replicates asynchronously, and a master that dies just
-   * after acknowledging a record would take it along (measured in the failover test: about
-   * one record in five kills). The wait is bounded ({@link REPLICA_WAIT_MS}): a lagging
-   * replica delays records, never blocks them; after it the record may be lost only if the
-   * master and its replica both fail.
+   * after acknowledging a record would take it along (the failover test lost one record in
+   * about one run in six under load). Once the replica has acknowledged it, the record is
+   * lost only if the master and its replica both fail. The wait is bounded
+   * ({@link REPLICA_WAIT_MS}): a replica that lags further is not waited for (availability
+   * first), so it delays records, never blocks them.
    */
   private async accountDurably(c: AccountCall): Promise<number[]> {
     const replicas = this.replicas === undefined ? 0 : await this.replicas.of(c.keys[0]!);
