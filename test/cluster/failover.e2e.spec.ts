@@ -49,6 +49,7 @@ describe('on a Redis Cluster, when a master dies', () => {
   let cluster: RedisCluster;
   let stack: Stack;
   let key: string;
+  let tokenId: string;
 
   beforeAll(async () => {
     cluster = await RedisCluster.start({ masters: 3, replicas: 1, nodeTimeoutMs: NODE_TIMEOUT_MS });
@@ -56,7 +57,10 @@ describe('on a Redis Cluster, when a master dies', () => {
       // An echo: the text names its request, so a mixed-up or truncated answer shows.
       routerConfig: writeModelList(simulatorDeployment('sim', 'echo', { itl_ms: 15 })),
     });
-    key = (await stack.tokens.create({ name: 'failover' })).key;
+    ({
+      key,
+      token: { id: tokenId },
+    } = await stack.tokens.create({ name: 'failover' }));
   }, 60_000);
 
   afterAll(async () => {
@@ -84,7 +88,6 @@ describe('on a Redis Cluster, when a master dies', () => {
     });
     await new Promise((r) => setTimeout(r, 1_500));
     // The records made so far waited for their shard's replica (UsageStore.accountDurably).
-    const { id: tokenId } = (await stack.tokens.list())[0]!;
     const usageMaster = await cluster.masterOf(names.tokenUsage(tokenId).log);
     expect(await cluster.commandCalls(usageMaster, 'wait')).toBeGreaterThan(0);
     const killedAt = Date.now();

@@ -42,6 +42,14 @@ describe('a queued request whose job Redis lost', () => {
 
   const seen = (probe: string) => capped.requests.filter((r) => r.body.probe === probe).length;
 
+  /** The statuses of request `rid`'s usage records, once it has one. */
+  async function recordStatuses(rid: string): Promise<number[]> {
+    const store = new UsageStore(stack.redis, redisNames(stack.prefix), 3_600_000);
+    const records = async () => (await store.query({ since: 0 })).filter((r) => r.rid === rid);
+    await waitUntil('its usage record', async () => (await records()).length > 0);
+    return (await records()).map((r) => r.status);
+  }
+
   /** Sends a holder that takes the one slot for `holdMs`, then a request that waits behind it; returns both. */
   async function waitBehindHolder(key: string, holdMs: number) {
     const holder = timedCompletion(stack.baseUrl, key, { model: 'capped', prompt: 'hold', fake_ttft_ms: holdMs });
@@ -68,10 +76,7 @@ describe('a queued request whose job Redis lost', () => {
 
     // One record for the request: the lost attempt leaves none.
     const rid = (res.json as { id: string }).id.replace(/^cmpl-/, '');
-    const store = new UsageStore(stack.redis, redisNames(stack.prefix), 3_600_000);
-    await waitUntil('its usage record', async () => (await store.query({ since: 0 })).some((r) => r.rid === rid));
-    const records = (await store.query({ since: 0 })).filter((r) => r.rid === rid);
-    expect(records.map((r) => r.status)).toEqual([200]);
+    expect(await recordStatuses(rid)).toEqual([200]);
   }, 30_000);
 
   it('a job that ran while none of its messages reached the gateway ends with a clean 502 and one record', async () => {
@@ -88,9 +93,6 @@ describe('a queued request whose job Redis lost', () => {
     expect(res.ms, 'long before the queue deadline').toBeLessThan(10_000);
     expect(seen(probe)).toBe(0);
     expect((await holder).status).toBe(200);
-    const store = new UsageStore(stack.redis, redisNames(stack.prefix), 3_600_000);
-    await waitUntil('its usage record', async () => (await store.query({ since: 0 })).some((r) => r.rid === rid));
-    const records = (await store.query({ since: 0 })).filter((r) => r.rid === rid);
-    expect(records.map((r) => r.status)).toEqual([502]);
+    expect(await recordStatuses(rid)).toEqual([502]);
   }, 30_000);
 });

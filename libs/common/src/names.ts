@@ -50,6 +50,7 @@ export function redisNames(prefix: string, cluster = false) {
           model: (model) => `${prefix}:usage:model:${model}`,
           claim: (rid) => `${prefix}:usage:claim:${rid}`,
         };
+  const bullJob = (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}`;
   return {
     prefix,
     /** Which layout these names are (see the `cluster` parameter). */
@@ -60,12 +61,12 @@ export function redisNames(prefix: string, cluster = false) {
      * The lock BullMQ (6.x: `<queue key>:<jobId>:lock`) holds on an active job, renewed by
      * the worker process running it: its existence proves that process alive.
      */
-    jobLock: (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}:lock`,
+    jobLock: (model: string, jobId: string) => `${bullJob(model, jobId)}:lock`,
     /**
      * The HASH of one BullMQ job (`<queue key>:<jobId>`): there from the add until the job
      * ends (finished jobs are removed at once, see JobQueueService.enqueue).
      */
-    job: (model: string, jobId: string) => `${prefix}:bull:${modelQueueName(model)}:${jobId}`,
+    job: bullJob,
     /**
      * HASH sha256(key) → token record JSON: auth is one HGET. On a cluster it shares a hash tag
      * with {@link tokensById}: a token is created in one MULTI on both.

@@ -52,7 +52,7 @@ const SLICE_CHARS = RELAY_PART_MAX_BYTES - ENVELOPE_BYTES;
 export class RelayPublisher {
   private seq = 0;
   private pending: Promise<unknown> = Promise.resolve();
-  /** The job's last message, while {@link holdLast} keeps it back; undefined otherwise. */
+  /** While {@link holdLast} is on: the job's last message and whatever was sent after it. */
   private held?: string[];
   private unacked = 0;
   private credit: number;
@@ -87,7 +87,7 @@ export class RelayPublisher {
   /**
    * From now on the message that ends the job (`done`, `result`, `error`) waits for
    * {@link releaseLast}: the job's usage record is made durable first, so that a client that
-   * has its whole answer never lacks a record (see WorkerUsageService.durable).
+   * has its whole answer never lacks a record (see WorkerUsageService.beforeLastMessage).
    */
   holdLast(): void {
     this.held ??= [];
