@@ -122,7 +122,8 @@ export class SseResponder implements Responder {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
-    this.res.flushHeaders();
+    // No flushHeaders(): every commit is followed at once by a frame (the first token, the
+    // usage or [DONE], or a ping), and Node sends the headers with it, in one socket write.
     this.res.socket?.setNoDelay(true);
   }
 
