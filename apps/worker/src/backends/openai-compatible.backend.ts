@@ -2,7 +2,7 @@ import { Pool } from 'undici';
 import { type Deployment, type OperationName, pickUpstreamParams, type StreamChoice } from '@app/common';
 import { BackendError } from './backend.error';
 import type { BackendRequest, BackendResult, LlmBackend, StreamEvent } from './llm-backend';
-import { parseJsonOrUndefined, readText, UpstreamCall } from './upstream-call';
+import { LARGE_BODY_BYTES, parseJsonOrUndefined, readText, UpstreamCall, yieldToLoop } from './upstream-call';
 import { fromErrorFrame, isRecord, upstreamInvalid, upstreamProtocolError } from './upstream-errors';
 import { normaliseChunk, normaliseCompletion, type ShapeError } from './upstream-normalize';
 import { chatChoicesAsChunks, chatStreamNormaliser, normaliseChatCompletion } from './upstream-normalize-chat';
@@ -58,9 +58,17 @@ export class OpenAICompatibleBackend implements LlmBackend {
       if (truncated) {
         throw upstreamInvalid(`the body exceeds ${this.maxResponseBytes} bytes`);
       }
+      // A large body is parsed in a turn of its own (see yieldToLoop); so is what follows.
+      const large = text.length > LARGE_BODY_BYTES;
+      if (large) {
+        await yieldToLoop();
+      }
       const body = parseJsonOrUndefined(text);
       if (body === undefined) {
         throw upstreamInvalid('the body is not JSON');
+      }
+      if (large) {
+        await yieldToLoop();
       }
       return normaliseResult(req.op, body);
     } catch (err) {

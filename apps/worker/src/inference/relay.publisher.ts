@@ -1,4 +1,5 @@
 import { RELAY_PART_MAX_BYTES, type RelayMessage, type ResultItem, type Usage } from '@app/common';
+import { isHighSurrogate, jsonPieces, jsonSizeUpTo } from './json-pieces';
 import type { RelaySink } from './relay.outbox';
 
 type Payload = RelayMessage extends infer M ? (M extends RelayMessage ? Omit<M, 'rid' | 'att' | 'seq'> : never) : never;
@@ -37,6 +38,11 @@ export const DEFAULT_RELAY_LIMITS: RelayPublisherLimits = {
 const ENVELOPE_BYTES = 512;
 /** Characters per raw slice to try first: JSON escaping can only make a slice larger. */
 const SLICE_CHARS = RELAY_PART_MAX_BYTES - ENVELOPE_BYTES;
+/**
+ * Results whose JSON has about this many characters or more are encoded piece by piece, and
+ * sent as parts a stretch of this size at a time (see sendResult).
+ */
+const LARGE_OUTPUT_CHARS = 4 * RELAY_PART_MAX_BYTES;
 
 /**
  * Publishes one job's relay messages to the gateway inbox that owns the request,
@@ -123,14 +129,30 @@ export class RelayPublisher {
   }
 
   /**
-   * A non-stream result of any operation: its output array is serialised once; when that
-   * fits in {@link RELAY_PART_MAX_BYTES} it goes as one `result` message (assembled from
-   * the JSON already made, not stringified again), else as raw `part` slices of that JSON,
-   * paced by {@link backpressure}, then a `result` with the usage only. The gateway writes
-   * the slices to its client as they are. Stops (throwing the signal's reason) as soon as
-   * `signal` aborts.
+   * A non-stream result of any operation. When its JSON fits in {@link RELAY_PART_MAX_BYTES}
+   * it goes as one `result` message (assembled from the JSON already made, not stringified
+   * again). Else as raw `part` slices of that JSON, paced by {@link backpressure}, then a
+   * `result` with the usage only; the gateway writes the slices to its client as they are.
+   * A large output (about {@link LARGE_OUTPUT_CHARS} characters of JSON or more) is encoded
+   * piece by piece between the parts (jsonPieces), never in one go: one JSON.stringify of a
+   * 40 MB result held the event loop for about a second. Stops (throwing the signal's
+   * reason) as soon as `signal` aborts.
    */
   async sendResult(result: ResultPayload, signal: AbortSignal): Promise<void> {
+    if (jsonSizeUpTo(result.output, LARGE_OUTPUT_CHARS) > LARGE_OUTPUT_CHARS) {
+      let raw = '';
+      for (const piece of jsonPieces(result.output, SLICE_CHARS)) {
+        raw += piece;
+        if (raw.length >= LARGE_OUTPUT_CHARS) {
+          await this.sendParts(raw, signal);
+          raw = '';
+        }
+      }
+      await this.sendParts(raw, signal);
+      signal.throwIfAborted();
+      this.send({ t: 'result', usage: result.usage, system_fingerprint: result.system_fingerprint });
+      return;
+    }
     const raw = JSON.stringify(result.output);
     const fingerprint =
       result.system_fingerprint === undefined
@@ -146,6 +168,13 @@ export class RelayPublisher {
       this.publishLast(`{"t":"result","output":${raw}${tail}`);
       return;
     }
+    await this.sendParts(raw, signal);
+    signal.throwIfAborted();
+    this.send({ t: 'result', usage: result.usage, system_fingerprint: result.system_fingerprint });
+  }
+
+  /** `raw` (a stretch of a result's JSON) as `part` messages, giving the event loop a turn after each. */
+  private async sendParts(raw: string, signal: AbortSignal): Promise<void> {
     for (const slice of rawSlices(raw, RELAY_PART_MAX_BYTES - ENVELOPE_BYTES)) {
       signal.throwIfAborted();
       const envelope = this.envelope();
@@ -155,8 +184,6 @@ export class RelayPublisher {
       // Always give the event loop a turn between parts: other jobs' chunks go out meanwhile.
       await (wait ?? new Promise((resolve) => setImmediate(resolve)));
     }
-    signal.throwIfAborted();
-    this.send({ t: 'result', usage: result.usage, system_fingerprint: result.system_fingerprint });
   }
 
   /** Resolves once everything sent so far has been handed to Redis. */
@@ -224,8 +251,4 @@ function* rawSlices(raw: string, budget: number): Generator<string> {
     }
     yield literal;
   }
-}
-
-function isHighSurrogate(code: number): boolean {
-  return code >= 0xd800 && code <= 0xdbff;
 }
