@@ -1,6 +1,6 @@
-import { Logger } from '@nestjs/common';
 import { scrubSecrets } from '../observability/logger';
 import { parseRedisUrl } from './redis-url';
+import { lazyLogger } from '../observability/lazy-logger';
 
 /** How often a role whose Redis stays unreachable is reported again. */
 export const STILL_UNREACHABLE_EVERY_MS = 30_000;
@@ -78,7 +78,7 @@ export class ConnectionStateLog {
     return log;
   }
 
-  private readonly logger = new Logger('Redis');
+  private readonly logger = lazyLogger('Redis');
   /** The connections of this role that failed and have not been ready since. */
   private readonly down = new Set<object>();
   private downSince: number | undefined;
@@ -206,7 +206,7 @@ export interface ReadinessEvents {
  * whose Redis is already connected, nor waited for: the caller never blocks on it.
  */
 export function announceRedisWait(client: ReadinessEvents, redisUrl: string, what: string): void {
-  const logger = new Logger('Redis');
+  const logger = lazyLogger('Redis');
   const first = redisUrl.split(',')[0] ?? redisUrl;
   let at = first;
   try {

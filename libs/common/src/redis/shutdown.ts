@@ -1,4 +1,4 @@
-import { Logger } from '@nestjs/common';
+import { lazyLogger } from '../observability/lazy-logger';
 
 /**
  * Stopping a process whose Redis is unreachable. ioredis retries forever and keeps commands
@@ -147,7 +147,7 @@ export interface ShutdownDeadlineOptions {
  * that has finished its shutdown.
  */
 export function armShutdownDeadline(opts: ShutdownDeadlineOptions): void {
-  const logger = new Logger('Shutdown');
+  const logger = lazyLogger('Shutdown');
   const exit = opts.exit ?? ((code: number) => process.exit(code));
   const deadlineMs = opts.graceMs + SHUTDOWN_MARGIN_MS;
   let armed = false;
