@@ -27,6 +27,12 @@ export function processCpuMs(pid: number): number {
   return ((utime + stime) * 1000) / CLK_TCK;
 }
 
+/** Resident memory of a process in MiB, from /proc/<pid>/status (VmRSS, in kB). */
+export function rssMiB(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m === null ? Number.NaN : Number(m[1]) / 1024;
+}
+
 /** Redis server CPU (main process, user + system) so far, in ms, from `INFO cpu`; on a cluster, every master's. */
 export async function redisCpuMs(redis: RedisClient): Promise<number> {
   const nodes = redis instanceof Cluster ? redis.nodes('master') : [redis];

@@ -1,10 +1,10 @@
 import { type ChildProcess, fork } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { PrivateRedis } from '../test/support/private-redis';
 import { freePort, Stack, writeRouterConfig } from '../test/support/stack';
-import { CpuMeter } from './cpu';
-import { type Cleanup, intEnv, runBench } from './harness';
+import { CpuMeter, rssMiB } from './cpu';
+import { type Cleanup, f2, intEnv, runBench } from './harness';
 import { createPool, type NonStreamResult, runNonStream, type Target } from './load';
 import { table } from './relay-transport';
 
@@ -67,11 +67,6 @@ async function startFloorProcess(
   return { child, ready };
 }
 
-function rssMiB(pid: number): number {
-  const kb = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
-  return Number(kb) / 1024;
-}
-
 async function measure(system: System, meter: CpuMeter, concurrency: number, round: number): Promise<Row> {
   const pool = createPool(system.baseUrl, concurrency);
   try {
@@ -97,7 +92,6 @@ async function measure(system: System, meter: CpuMeter, concurrency: number, rou
   }
 }
 
-const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 async function main(cleanup: Cleanup): Promise<void> {

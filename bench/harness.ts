@@ -10,6 +10,10 @@ export function intEnv(name: string, def: number, min: number, max: number): num
   return Math.min(max, Math.max(min, n));
 }
 
+/** A figure for a table: fixed decimals, or `n/a` when it could not be measured (NaN, Infinity). */
+export const f1 = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : 'n/a');
+export const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
+
 /** Cleanup steps run once, last registered first, whether the run succeeded, failed or timed out. */
 export class Cleanup {
   private readonly steps: { name: string; fn: () => Promise<unknown> | void }[] = [];

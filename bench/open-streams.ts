@@ -7,8 +7,8 @@ import { Client, type Dispatcher } from 'undici';
 import { startFakeUpstream } from '../test/support/fake-upstream';
 import { upstreamDeployment, writeModelList } from '../test/support/router-config';
 import { Stack } from '../test/support/stack';
-import { CpuMeter, type CpuSnapshot } from './cpu';
-import { Cleanup, intEnv, runBench } from './harness';
+import { CpuMeter, type CpuSnapshot, rssMiB } from './cpu';
+import { Cleanup, f1, f2, intEnv, runBench } from './harness';
 import { table } from './relay-transport';
 
 /**
@@ -66,12 +66,6 @@ function quantiles(values: Float64Array): Quantiles {
   const sorted = values.slice().sort();
   const rank = (p: number) => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
   return { p50: rank(50), p99: rank(99), max: sorted[sorted.length - 1] ?? Number.NaN, count: sorted.length };
-}
-
-/** Resident memory of a process in MiB, from /proc/<pid>/status (VmRSS, in kB). */
-function rssMiB(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m === null ? Number.NaN : Number(m[1]) / 1024;
 }
 
 /** The hard limit on open files: Node raises its soft limit to it at start, and children inherit it. */
@@ -523,9 +517,6 @@ async function scenario(cleanup: Cleanup): Promise<OpenStreamsResult> {
     pass,
   };
 }
-
-const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : 'n/a');
-const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
 
 /** The report: one table, the dropped streams by kind, and a PASS/FAIL line against the targets. */
 export function formatOpenStreams(r: OpenStreamsResult): string {

@@ -15,7 +15,7 @@ import {
   type Target,
 } from './load';
 import { formatRelayResult, type RelayBenchResult, runRelayTransportBench, table } from './relay-transport';
-import { Cleanup, intEnv, runBench } from './harness';
+import { Cleanup, f2 as ms, intEnv, runBench } from './harness';
 import {
   formatOpenStreams,
   OPEN_STREAMS,
@@ -105,7 +105,6 @@ function cpuReport(direct: CpuSnapshot, gateway: CpuSnapshot, d: NonStreamResult
   };
 }
 
-const ms = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
 const ratio = (a: number, b: number, label: string) => `${(a / b).toFixed(2)}x (${label})`;
 
 function failureLines(label: string, failures: Map<number, Failure & { count: number }>): string[] {

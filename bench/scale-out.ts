@@ -6,7 +6,7 @@ import { RedisCluster } from '../test/support/redis-cluster';
 import { upstreamDeployment, writeModelList } from '../test/support/router-config';
 import { Stack } from '../test/support/stack';
 import { CpuMeter } from './cpu';
-import { type Cleanup, intEnv, runBench } from './harness';
+import { type Cleanup, f2, intEnv, runBench } from './harness';
 import { createPool, runStream, type StreamResult } from './load';
 import { table } from './relay-transport';
 
@@ -159,7 +159,6 @@ async function main(cleanup: Cleanup): Promise<void> {
   }
 
   const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : 'n/a');
-  const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
   console.log(
     table([
       [
