@@ -149,26 +149,25 @@ export class RelayPublisher {
         }
       }
       await this.sendParts(raw, signal);
-      signal.throwIfAborted();
-      this.send({ t: 'result', usage: result.usage, system_fingerprint: result.system_fingerprint });
-      return;
+    } else {
+      const raw = JSON.stringify(result.output);
+      const fingerprint =
+        result.system_fingerprint === undefined
+          ? ''
+          : `,"system_fingerprint":${JSON.stringify(result.system_fingerprint)}`;
+      const tail = `,"usage":${JSON.stringify(result.usage)}${fingerprint},${this.envelope()}}`;
+      // UTF-16 length × 3 bounds the UTF-8 size: most results are measured without a scan.
+      if (
+        raw.length * 3 + tail.length <= RELAY_PART_MAX_BYTES ||
+        Buffer.byteLength(raw) + tail.length <= RELAY_PART_MAX_BYTES
+      ) {
+        this.seq += 1;
+        this.publishLast(`{"t":"result","output":${raw}${tail}`);
+        return;
+      }
+      await this.sendParts(raw, signal);
     }
-    const raw = JSON.stringify(result.output);
-    const fingerprint =
-      result.system_fingerprint === undefined
-        ? ''
-        : `,"system_fingerprint":${JSON.stringify(result.system_fingerprint)}`;
-    const tail = `,"usage":${JSON.stringify(result.usage)}${fingerprint},${this.envelope()}}`;
-    // UTF-16 length × 3 bounds the UTF-8 size: most results are measured without a scan.
-    if (
-      raw.length * 3 + tail.length <= RELAY_PART_MAX_BYTES ||
-      Buffer.byteLength(raw) + tail.length <= RELAY_PART_MAX_BYTES
-    ) {
-      this.seq += 1;
-      this.publishLast(`{"t":"result","output":${raw}${tail}`);
-      return;
-    }
-    await this.sendParts(raw, signal);
+    // Sent as parts: the result message carries the usage only.
     signal.throwIfAborted();
     this.send({ t: 'result', usage: result.usage, system_fingerprint: result.system_fingerprint });
   }
